@@ -1,1 +1,92 @@
-"""tensorops."""
+"""tensorops: tensor decompositions, factorised layers and compressed checkpoints for PyTorch.
+
+Imports torch, tensorly and numpy only; nothing else of rankopt.
+"""
+
+from tensorops.checkpoint import load_compressed, read_manifest, save_compressed, weights_digest
+from tensorops.decompositions import (
+    CPResult,
+    SVDResult,
+    Tucker2Result,
+    cp_als,
+    mode_bases,
+    truncated_svd,
+    tucker2,
+)
+from tensorops.evbmf import (
+    DEFAULT_RANK_FLOOR,
+    EVBMFResult,
+    clamp_rank,
+    cp_rank_from_tucker2,
+    evbmf,
+    tucker2_ranks,
+)
+from tensorops.exceptions import (
+    CheckpointError,
+    NotCompressibleError,
+    PlanError,
+    RankError,
+    TensorOpsError,
+)
+from tensorops.export import ExportError, export_onnx, export_torchscript
+from tensorops.inventory import Cost, LayerInfo, inventory, measure_cost
+from tensorops.layers import CPConv2d, LowRankConv2d, LowRankLinear, Tucker2Conv2d
+from tensorops.methods import (
+    KEEP,
+    BuildContext,
+    DecompositionMethod,
+    applicable_methods,
+    get_method,
+    list_methods,
+    register_method,
+)
+from tensorops.plan import Choice, Plan
+from tensorops.surgery import compress, estimate_cost, validate_plan
+
+__all__ = [
+    "DEFAULT_RANK_FLOOR",
+    "KEEP",
+    "BuildContext",
+    "CPConv2d",
+    "CPResult",
+    "CheckpointError",
+    "Choice",
+    "Cost",
+    "DecompositionMethod",
+    "EVBMFResult",
+    "ExportError",
+    "LayerInfo",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "NotCompressibleError",
+    "Plan",
+    "PlanError",
+    "RankError",
+    "SVDResult",
+    "TensorOpsError",
+    "Tucker2Conv2d",
+    "Tucker2Result",
+    "applicable_methods",
+    "clamp_rank",
+    "compress",
+    "cp_als",
+    "cp_rank_from_tucker2",
+    "estimate_cost",
+    "evbmf",
+    "export_onnx",
+    "export_torchscript",
+    "get_method",
+    "inventory",
+    "list_methods",
+    "load_compressed",
+    "measure_cost",
+    "mode_bases",
+    "read_manifest",
+    "register_method",
+    "save_compressed",
+    "truncated_svd",
+    "tucker2",
+    "tucker2_ranks",
+    "validate_plan",
+    "weights_digest",
+]

@@ -1,0 +1,228 @@
+"""Inventory of a model's Conv2d and Linear layers, traced with one forward pass.
+
+Also the hook-based cost counter used as ground truth for the closed-form cost model:
+multiply-accumulates (MACs) of every Conv2d and Linear per example, and parameter counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tensorops.layers._geometry import ConvGeometry, Padding
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and multiply-accumulates per example."""
+
+    params: int
+    macs: int
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.macs + other.macs)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One Conv2d or Linear layer as seen in a traced forward pass.
+
+    ``input_size`` and ``output_size`` are the spatial (H, W) sizes; for a Linear they are
+    ``(positions, 1)``, positions being how many vectors per example it is applied to (1 for a
+    classifier head). ``compressible`` says whether any registered method applies; ``reason``
+    says why not when it is False.
+    """
+
+    name: str
+    kind: Literal["conv2d", "linear"]
+    weight_shape: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding
+    dilation: tuple[int, int]
+    groups: int
+    has_bias: bool
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    params: int
+    macs: int
+    compressible: bool
+    reason: str | None = None
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(self.params, self.macs)
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """MACs per example of one dense-kernel layer, from its output tensor."""
+    per_example = output.numel() // max(int(output.shape[0]), 1)
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_example * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return per_example * module.in_features
+    return 0
+
+
+@contextmanager
+def _hooks(
+    model: nn.Module, record: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None]
+) -> Iterator[None]:
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+
+            def hook(
+                mod: nn.Module,
+                inputs: tuple[torch.Tensor, ...],
+                output: torch.Tensor,
+                name: str = name,
+            ) -> None:
+                record(name, mod, inputs[0], output)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
+    """Count parameters and per-example MACs of every Conv2d/Linear by running ``model`` once."""
+    macs = 0
+
+    def record(_name: str, module: nn.Module, _inp: torch.Tensor, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += _layer_macs(module, out)
+
+    with _hooks(model, record), torch.no_grad():
+        _run(model, example_input)
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(params=int(params), macs=int(macs))
+
+
+def _run(model: nn.Module, example_input: torch.Tensor) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        model.train(was_training)
+
+
+def inventory(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
+    """List every Conv2d and Linear of ``model`` in forward order, with shapes and costs.
+
+    ``example_input`` is one batch the model accepts (batch size 1 is enough). Layers that the
+    forward pass never reaches are listed last, as not compressible.
+    """
+    from tensorops.methods import applicable_methods, refusal_reason
+
+    seen: dict[str, LayerInfo] = {}
+
+    def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
+        if name in seen:  # a layer called twice: keep the first call's geometry
+            return
+        methods = applicable_methods(module)
+        seen[name] = _describe(
+            name, module, inp, out, compressible=bool(methods), reason=refusal_reason(module)
+        )
+
+    with _hooks(model, record), torch.no_grad():
+        _run(model, example_input)
+    layers = list(seen.values())
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in seen:
+            layers.append(_describe_unreached(name, module))
+    return layers
+
+
+def _describe(
+    name: str,
+    module: nn.Module,
+    inp: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    compressible: bool,
+    reason: str | None,
+) -> LayerInfo:
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    macs = _layer_macs(module, out)
+    if isinstance(module, nn.Conv2d):
+        geometry = ConvGeometry.of(module)
+        return LayerInfo(
+            name=name,
+            kind="conv2d",
+            weight_shape=tuple(module.weight.shape),
+            in_channels=module.in_channels,
+            out_channels=module.out_channels,
+            kernel_size=geometry.kernel_size,
+            stride=geometry.stride,
+            padding=geometry.padding,
+            dilation=geometry.dilation,
+            groups=module.groups,
+            has_bias=module.bias is not None,
+            input_size=(int(inp.shape[-2]), int(inp.shape[-1])),
+            output_size=(int(out.shape[-2]), int(out.shape[-1])),
+            params=int(params),
+            macs=int(macs),
+            compressible=compressible,
+            reason=reason,
+        )
+    assert isinstance(module, nn.Linear)
+    positions = out.numel() // max(int(out.shape[0]), 1) // module.out_features
+    return LayerInfo(
+        name=name,
+        kind="linear",
+        weight_shape=tuple(module.weight.shape),
+        in_channels=module.in_features,
+        out_channels=module.out_features,
+        kernel_size=(1, 1),
+        stride=(1, 1),
+        padding=(0, 0),
+        dilation=(1, 1),
+        groups=1,
+        has_bias=module.bias is not None,
+        input_size=(positions, 1),
+        output_size=(positions, 1),
+        params=int(params),
+        macs=int(macs),
+        compressible=compressible,
+        reason=reason,
+    )
+
+
+def _describe_unreached(name: str, module: nn.Module) -> LayerInfo:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    is_conv = isinstance(module, nn.Conv2d)
+    return LayerInfo(
+        name=name,
+        kind="conv2d" if is_conv else "linear",
+        weight_shape=tuple(weight.shape),
+        in_channels=int(weight.shape[1]) * (module.groups if isinstance(module, nn.Conv2d) else 1),
+        out_channels=int(weight.shape[0]),
+        kernel_size=ConvGeometry.of(module).kernel_size
+        if isinstance(module, nn.Conv2d)
+        else (1, 1),
+        stride=(1, 1),
+        padding=(0, 0),
+        dilation=(1, 1),
+        groups=module.groups if isinstance(module, nn.Conv2d) else 1,
+        has_bias=getattr(module, "bias", None) is not None,
+        input_size=(0, 0),
+        output_size=(0, 0),
+        params=sum(p.numel() for p in module.parameters(recurse=False)),
+        macs=0,
+        compressible=False,
+        reason="not reached by the traced forward pass, so its cost is unknown",
+    )
