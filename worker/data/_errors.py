@@ -1,0 +1,26 @@
+"""The exception hierarchy of the data sources.
+
+Every problem with a user's data surfaces as a :class:`DatasetError` (a ``ValueError``) whose
+message names the offending key, file or value and says what was expected. Callers that want to
+map failures onto HTTP codes can tell the subclasses apart.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataLimitError", "DataPathError", "DatasetError", "UnsafePickleError"]
+
+
+class DatasetError(ValueError):
+    """The data cannot be used: missing, malformed, inconsistent or not understood."""
+
+
+class DataLimitError(DatasetError):
+    """The data is well formed but larger than the operator's :class:`DataLimits` allow."""
+
+
+class DataPathError(DatasetError):
+    """A data path does not exist or lies outside every operator-allowed data root."""
+
+
+class UnsafePickleError(DatasetError):
+    """A pickle asked for a global outside the small set needed to rebuild numpy arrays."""

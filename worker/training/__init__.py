@@ -1,0 +1,30 @@
+"""Fine-tuning and evaluation: cyclic learning-rate schedules, the training loop, metrics."""
+
+from __future__ import annotations
+
+from worker.training._device import resolve_device
+from worker.training._evaluate import EvalResult, evaluate
+from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
+from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
+from worker.training._schedules import SCHEDULE_KINDS, ScheduleConfig, ScheduleKind, lr_at
+from worker.training._train import TRAIN_SCHEDULES, TrainSchedule, train
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULE_KINDS",
+    "TRAIN_SCHEDULES",
+    "EpochCallback",
+    "EpochReport",
+    "EvalResult",
+    "FinetuneResult",
+    "FinetuneStatus",
+    "OptimizerName",
+    "ScheduleConfig",
+    "ScheduleKind",
+    "TrainSchedule",
+    "evaluate",
+    "finetune",
+    "lr_at",
+    "resolve_device",
+    "train",
+]

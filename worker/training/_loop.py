@@ -1,0 +1,322 @@
+"""The fine-tuning loop: shuffled mini-batches, a per-step learning rate, per-epoch evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.data import DataBundle
+from worker.training._device import resolve_device
+from worker.training._evaluate import EvalResult, evaluate
+from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
+from worker.training._schedules import ScheduleConfig, lr_at
+
+logger = logging.getLogger(__name__)
+
+OptimizerName = Literal["sgd", "adamw"]
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+_EVAL_BATCH_SIZE = 512
+
+
+def finetune(
+    model: nn.Module,
+    data: DataBundle,
+    schedule: ScheduleConfig,
+    *,
+    epochs: int,
+    optimizer: OptimizerName = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    callback: EpochCallback | None = None,
+    max_steps: int | None = None,
+    label_smoothing: float = 0.0,
+) -> FinetuneResult:
+    """Train ``model`` in place on ``data``'s training split, following ``schedule``.
+
+    The learning rate is set on every parameter group before each optimizer step to
+    ``lr_at(schedule, step, steps_per_epoch)``. Training examples are reshuffled every epoch
+    by a ``torch.Generator`` seeded with ``seed``; the global RNG (dropout and the like) is
+    also seeded with ``seed`` inside a fork, so the caller's RNG state is left untouched and
+    the same seed gives bit-identical weights on CPU.
+
+    After every epoch the model is evaluated on the validation split and ``callback`` is
+    called with an :class:`EpochReport`; returning ``False`` stops the run (status
+    ``stopped``), ``True`` or ``None`` continues. Exceptions from the callback (a pruner's,
+    say) propagate. A non-finite training loss ends the run at once with status
+    ``diverged`` (the offending step is not applied); so does a non-finite validation loss.
+    Neither raises.
+
+    Args:
+        model: the network; moved to the resolved device (in place) and left there, in eval
+            mode, when this returns or raises.
+        data: train and validation tensors, kept where they are; batches are moved to the
+            device one at a time.
+        schedule: the learning-rate curve.
+        epochs: number of passes over the training split, >= 1.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (``momentum`` unused;
+            ``weight_decay`` is decoupled).
+        momentum: SGD momentum, >= 0.
+        weight_decay: L2 penalty (SGD) or decoupled decay (AdamW), >= 0.
+        batch_size: examples per step. A last batch of a single example is merged into the
+            one before it so batch-norm layers never see a batch of one.
+        device: see :func:`resolve_device`.
+        seed: seeds shuffling and the global RNG.
+        callback: called after each evaluated epoch.
+        max_steps: stop after this many optimizer steps in total (status ``completed``); the
+            partial epoch is still evaluated and reported.
+        label_smoothing: passed to ``cross_entropy`` for the training loss, in [0, 1).
+    """
+    _validate(
+        data,
+        schedule,
+        epochs=epochs,
+        optimizer=optimizer,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+        max_steps=max_steps,
+        label_smoothing=label_smoothing,
+    )
+    target = resolve_device(device)
+    model.to(target)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    opt = _make_optimizer(params, optimizer, schedule, momentum, weight_decay)
+    bounds = _batch_bounds(int(data.y_train.shape[0]), batch_size)
+    run = _Run(model, data, schedule, opt, bounds, target, label_smoothing, max_steps)
+    started = time.perf_counter()
+    try:
+        with _seeded(seed, target):
+            status, message = run.loop(epochs, seed, callback)
+        final = run.final_eval()
+    finally:
+        model.eval()
+    seconds = time.perf_counter() - started
+    log = logger.warning if status == "diverged" else logger.info
+    log("finetune %s after %d epoch(s), %.1fs: %s", status, run.epochs_run, seconds, message)
+    return FinetuneResult(
+        status=status,
+        epochs_run=run.epochs_run,
+        history=tuple(run.history),
+        final_val_accuracy=final.accuracy,
+        final_val_loss=final.loss,
+        message=message,
+        steps_run=run.step,
+        seconds=seconds,
+    )
+
+
+class _Run:
+    """Mutable state of one fine-tuning run (kept out of the public signature)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataBundle,
+        schedule: ScheduleConfig,
+        opt: torch.optim.Optimizer,
+        bounds: list[tuple[int, int]],
+        device: torch.device,
+        label_smoothing: float,
+        max_steps: int | None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.schedule = schedule
+        self.opt = opt
+        self.bounds = bounds
+        self.device = device
+        self.label_smoothing = label_smoothing
+        self.max_steps = max_steps
+        self.steps_per_epoch = len(bounds)
+        self.step = 0
+        self.epochs_run = 0
+        self.history: list[EpochReport] = []
+        self._last_eval: EvalResult | None = None  # of the current weights, if known
+
+    def loop(
+        self, epochs: int, seed: int, callback: EpochCallback | None
+    ) -> tuple[FinetuneStatus, str]:
+        generator = torch.Generator().manual_seed(seed)
+        n = int(self.data.y_train.shape[0])
+        for epoch in range(1, epochs + 1):
+            if self._out_of_steps():
+                return "completed", f"reached max_steps={self.max_steps} after epoch {epoch - 1}"
+            epoch_started = time.perf_counter()
+            order = torch.randperm(n, generator=generator)
+            self.epochs_run = epoch
+            train_loss, lr, failure = self._train_epoch(epoch, order)
+            if failure is not None:
+                return "diverged", failure
+            val = self._evaluate()
+            self._last_eval = val
+            report = EpochReport(
+                epoch=epoch,
+                train_loss=train_loss,
+                val_accuracy=val.accuracy,
+                val_loss=val.loss,
+                lr=lr,
+                seconds=time.perf_counter() - epoch_started,
+            )
+            self.history.append(report)
+            logger.debug("epoch %d: %s", epoch, report)
+            if not math.isfinite(val.loss):
+                return "diverged", f"validation loss became {val.loss} after epoch {epoch}"
+            if callback is not None and callback(report) is False:
+                return "stopped", f"stopped by the callback after epoch {epoch}"
+            if self._out_of_steps():
+                return "completed", f"reached max_steps={self.max_steps} in epoch {epoch}"
+        return "completed", f"completed {epochs} epoch(s)"
+
+    def _train_epoch(self, epoch: int, order: torch.Tensor) -> tuple[float, float, str | None]:
+        """One pass; returns (mean train loss, last lr, divergence message or None)."""
+        self.model.train()
+        self._last_eval = None
+        loss_sum = 0.0
+        seen = 0
+        lr = lr_at(self.schedule, self.step, self.steps_per_epoch)
+        for batch_index, (lo, hi) in enumerate(self.bounds, start=1):
+            if self._out_of_steps():
+                break
+            idx = order[lo:hi]
+            xb = self.data.x_train[idx].to(self.device, non_blocking=True)
+            yb = self.data.y_train[idx].to(self.device, non_blocking=True)
+            lr = lr_at(self.schedule, self.step, self.steps_per_epoch)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            logits = self.model(xb)  # (B, num_classes)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return (
+                    math.nan,
+                    lr,
+                    f"training loss became {value} at epoch {epoch}, batch {batch_index} "
+                    f"(global step {self.step}, lr={lr:.3g})",
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            loss_sum += value * (hi - lo)
+            seen += hi - lo
+        return loss_sum / max(seen, 1), lr, None
+
+    def final_eval(self) -> EvalResult:
+        """Validation metrics of the current weights (reused when already measured)."""
+        if self._last_eval is None:
+            self._last_eval = self._evaluate()
+        return self._last_eval
+
+    def _evaluate(self) -> EvalResult:
+        return evaluate(
+            self.model,
+            (self.data.x_val, self.data.y_val),
+            batch_size=_EVAL_BATCH_SIZE,
+            device=self.device,
+        )
+
+    def _out_of_steps(self) -> bool:
+        return self.max_steps is not None and self.step >= self.max_steps
+
+
+def _make_optimizer(
+    params: list[nn.Parameter],
+    name: str,
+    schedule: ScheduleConfig,
+    momentum: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    lr = lr_at(schedule, 0, 1)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n_train`` examples (see :func:`_batch_bounds`)."""
+    return len(_batch_bounds(n_train, batch_size))
+
+
+def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[lo, hi) slices of a permutation; a trailing batch of one joins the previous batch."""
+    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        last = bounds.pop()
+        bounds[-1] = (bounds[-1][0], last[1])
+    return bounds
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global CPU (and the used CUDA device's) RNG, restoring both on exit."""
+    cuda = device.type == "cuda"
+    index = device.index if device.index is not None else 0
+    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _validate(
+    data: DataBundle,
+    schedule: ScheduleConfig,
+    *,
+    epochs: int,
+    optimizer: str,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    max_steps: int | None,
+    label_smoothing: float,
+) -> None:
+    if not isinstance(data, DataBundle):
+        raise ValueError(f"data must be a DataBundle, got {type(data).__name__}")
+    if not isinstance(schedule, ScheduleConfig):
+        raise ValueError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
+    for name, count in (("epochs", epochs), ("batch_size", batch_size)):
+        if not _is_int(count) or count < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {count!r}")
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
+        raise ValueError(f"max_steps must be None or an int >= 1, got {max_steps!r}")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+        if not _is_real(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not _is_real(label_smoothing) or not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    for split in ("train", "val"):
+        n_x = int(getattr(data, f"x_{split}").shape[0])
+        n_y = int(getattr(data, f"y_{split}").shape[0])
+        if n_y == 0 or n_x != n_y:
+            raise ValueError(
+                f"the {split} split must be non-empty with as many inputs as labels, got "
+                f"{n_x} inputs and {n_y} labels"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))

@@ -1,0 +1,19 @@
+"""The exceptions the model zoo raises. Each subclasses ``ValueError``: callers may catch either."""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of every error raised on purpose by the model zoo."""
+
+
+class UnknownModelError(ZooError, ValueError):
+    """No architecture is registered under the requested name; the message lists close names."""
+
+
+class ModelNotAllowedError(ZooError, ValueError):
+    """A ``"package.module:function"`` factory was requested that is not in the allow-list."""
+
+
+class ModelSpecError(ZooError, ValueError):
+    """An architecture spec or its keyword arguments are malformed; the message names them."""
