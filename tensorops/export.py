@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,10 +52,13 @@ def export_torchscript(
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     expected = _reference(model, example_input)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example_input, check_trace=False)
-    torch.jit.save(traced, str(target))
-    loaded = torch.jit.load(str(target), map_location=example_input.device)
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream but still what many deployments load.
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example_input, check_trace=False)
+        torch.jit.save(traced, str(target))
+        loaded = torch.jit.load(str(target), map_location=example_input.device)
     with torch.no_grad():
         _verify("TorchScript", expected, loaded(example_input), atol, rtol)
     logger.info("exported TorchScript to %s", target)

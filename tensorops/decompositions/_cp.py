@@ -20,6 +20,7 @@ from tensorops.decompositions._linalg import (
     as_float64,
     leading_left_singular_vectors,
     relative_error,
+    threads_for,
 )
 from tensorops.exceptions import RankError
 
@@ -141,7 +142,7 @@ def cp_als(
     if compression is not None and compression < 1.0:
         raise ValueError(f"compression must be >= 1 or None, got {compression}")
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), threads_for(kernel.numel()):
         x = as_float64(kernel)
         norm_sq = float((x * x).sum())
         width = None if compression is None else math.ceil(compression * rank)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 
@@ -11,22 +14,20 @@ def as_float64(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def leading_left_singular_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All left singular vectors of ``matrix`` (m, n), ordered by decreasing singular value.
+    """A full orthonormal basis of the column space side of ``matrix`` (m, n), best first.
 
-    Returns ``(u, s)`` with ``u`` of shape (m, k) and ``s`` of shape (k,), k = min(m, n).
-    When the matrix is wide (m much smaller than n) the eigendecomposition of the m x m Gram
-    matrix is much cheaper than an SVD and gives the same subspace; signs are fixed so that the
-    largest entry of each vector is positive, which makes results reproducible.
+    Returns ``(u, s)`` with ``u`` of shape (m, m) and ``s`` of shape (m,): the left singular
+    vectors ordered by decreasing singular value, completed by an orthonormal basis of the null
+    space (singular value 0) when m > n, so that any rank up to m can be truncated from it. It is
+    computed from the eigendecomposition of the m x m Gram matrix, which for the wide unfoldings
+    of conv kernels is much cheaper than an SVD and spans the same leading subspaces. Signs are
+    fixed so that each vector's largest entry is positive, which makes results reproducible.
     """
-    m, n = matrix.shape
-    if m <= n:
-        gram = matrix @ matrix.T  # (m, m)
-        eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-        order = torch.argsort(eigenvalues, descending=True)
-        u = eigenvectors[:, order]
-        s = eigenvalues[order].clamp_min(0.0).sqrt()
-    else:
-        u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
+    gram = matrix @ matrix.T  # (m, m)
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    order = torch.argsort(eigenvalues, descending=True)
+    u = eigenvectors[:, order]
+    s = eigenvalues[order].clamp_min(0.0).sqrt()
     return fix_signs(u), s
 
 
@@ -48,3 +49,23 @@ def relative_error(reference: torch.Tensor, approximation: torch.Tensor) -> floa
     if float(norm) == 0.0:
         return 0.0 if float(diff) == 0.0 else float("inf")
     return float(diff / norm)
+
+
+#: Below this many tensor entries, decompositions run on one intra-op thread: the many tiny
+#: kernels of an ALS sweep are dominated by thread hand-off, which on a busy machine can make
+#: two threads hundreds of times slower than one.
+SMALL_WORK_ENTRIES = 1 << 20
+
+
+@contextmanager
+def threads_for(entries: int) -> Iterator[None]:
+    """Run the block single-threaded when the problem has fewer than ``SMALL_WORK_ENTRIES``."""
+    if entries >= SMALL_WORK_ENTRIES or torch.get_num_threads() == 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

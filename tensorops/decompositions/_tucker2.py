@@ -17,6 +17,7 @@ from tensorops.decompositions._linalg import (
     as_float64,
     leading_left_singular_vectors,
     relative_error,
+    threads_for,
 )
 from tensorops.exceptions import RankError
 
@@ -69,7 +70,7 @@ def unfold(kernel: torch.Tensor, mode: int) -> torch.Tensor:
 def mode_bases(kernel: torch.Tensor) -> tuple[ModeBasis, ModeBasis]:
     """Full bases of the output-channel (mode 0) and input-channel (mode 1) unfoldings."""
     _check_kernel(kernel)
-    with torch.no_grad():
+    with torch.no_grad(), threads_for(kernel.numel()):
         k64 = as_float64(kernel)
         bases = []
         for mode in (0, 1):
@@ -111,7 +112,7 @@ def tucker2(
     r_out, r_in = validate_tucker2_ranks(tuple(kernel.shape), ranks)
     if n_iter < 0:
         raise ValueError(f"n_iter must be >= 0, got {n_iter}")
-    with torch.no_grad():
+    with torch.no_grad(), threads_for(kernel.numel()):
         k64 = as_float64(kernel)
         out_basis, in_basis = bases if bases is not None else mode_bases(kernel)
         u_out = out_basis.truncate(r_out)
