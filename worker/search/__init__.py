@@ -1,0 +1,37 @@
+"""The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
+
+from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
+from worker.search._context import SearchContext, prepare
+from worker.search._finalize import SearchResult, best_feasible, finalize, pareto_front
+from worker.search._latency import measure_latency
+from worker.search._objective import make_objective
+from worker.search._run import Progress, default_storage, run_search, run_trials
+from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
+from worker.search._study import CONSTRAINT_ATTR, SEED_ATTR, finished_trials, open_study
+
+__all__ = [
+    "CONSTRAINT_ATTR",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
+    "SEED_ATTR",
+    "LayerSpace",
+    "Progress",
+    "SearchConfig",
+    "SearchContext",
+    "SearchResult",
+    "best_feasible",
+    "build_space",
+    "default_storage",
+    "finalize",
+    "finished_trials",
+    "make_objective",
+    "measure_latency",
+    "open_study",
+    "pareto_front",
+    "plan_from_params",
+    "prepare",
+    "run_search",
+    "run_trials",
+    "seed_trials",
+]

@@ -1,0 +1,94 @@
+"""Preparation shared by every trial: baseline, inventory, EVBMF ranks, decomposition cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tensorops import Cost, LayerInfo, Plan, compress, estimate_cost, inventory, measure_cost
+from worker.data import DataBundle
+from worker.search._config import SearchConfig
+from worker.search._latency import measure_latency
+from worker.search._space import LayerSpace, build_space
+from worker.training import evaluate, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchContext:
+    """The original model and everything derived from it once, before the first trial."""
+
+    model: nn.Module
+    data: DataBundle
+    config: SearchConfig
+    device: torch.device
+    example: torch.Tensor
+    layers: list[LayerInfo]
+    spaces: list[LayerSpace]
+    baseline_accuracy: float
+    baseline_loss: float
+    baseline_cost: Cost
+    baseline_latency: float | None
+    cache: dict[tuple[object, ...], object] = field(default_factory=dict)
+
+    def plan_cost(self, plan: Plan) -> Cost:
+        return estimate_cost(self.layers, plan, total=self.baseline_cost)
+
+    def compression(self, plan: Plan, latency: float | None = None) -> float:
+        """Ratio of the original's cost to the plan's (higher is smaller)."""
+        if self.config.objective == "latency":
+            if latency is None or self.baseline_latency is None:
+                raise ValueError("latency objective needs measured latencies")
+            return self.baseline_latency / latency
+        cost = self.plan_cost(plan)
+        if self.config.objective == "macs":
+            return self.baseline_cost.macs / max(cost.macs, 1)
+        return self.baseline_cost.params / max(cost.params, 1)
+
+    def compress(self, plan: Plan) -> nn.Module:
+        """The original with ``plan`` applied (decompositions cached across trials)."""
+        return compress(self.model, plan, seed=self.config.seed, cache=self.cache)
+
+    def latency(self, model: nn.Module) -> float:
+        return measure_latency(model, self.example, device=self.device)
+
+
+def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchContext:
+    """Evaluate the original model, take its inventory and estimate EVBMF ranks per layer."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    model = model.to("cpu").eval()
+    example = data.example_input(1)
+    baseline = evaluate(model, data, device=device)
+    model = model.to("cpu")
+    layers = inventory(model, example)
+    spaces = build_space(model, layers, config)
+    latency = (
+        measure_latency(model, example, device=device) if config.objective == "latency" else None
+    )
+    model = model.to("cpu")
+    logger.info(
+        "baseline accuracy %.4f, %d layers, %d searchable, prepared in %.1fs",
+        baseline.accuracy,
+        len(layers),
+        len(spaces),
+        time.perf_counter() - started,
+    )
+    return SearchContext(
+        model=model,
+        data=data,
+        config=config,
+        device=device,
+        example=example,
+        layers=layers,
+        spaces=spaces,
+        baseline_accuracy=baseline.accuracy,
+        baseline_loss=baseline.loss,
+        baseline_cost=measure_cost(model, example),
+        baseline_latency=latency,
+    )

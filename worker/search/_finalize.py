@@ -1,0 +1,265 @@
+"""Finalise: pick the best feasible plan, fine-tune it longer, write checkpoint and report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tensorops import Plan, measure_cost, save_compressed
+from worker.search._context import SearchContext
+from worker.search._study import SEED_ATTR
+from worker.training import evaluate, finetune
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "report.json"
+PARETO_NAME = "pareto.png"
+CHECKPOINT_NAME = "model"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Where the outputs went and the headline numbers."""
+
+    out_dir: Path
+    checkpoint: Path
+    report: dict[str, Any]
+
+
+def feasible(trial: FrozenTrial, max_drop: float) -> bool:
+    drop = trial.user_attrs.get("accuracy_drop")
+    return trial.state == TrialState.COMPLETE and drop is not None and drop <= max_drop
+
+
+def best_feasible(study: optuna.Study, max_drop: float) -> FrozenTrial | None:
+    """The completed trial with the highest compression whose accuracy drop is allowed."""
+    candidates = [t for t in study.get_trials(deepcopy=False) if feasible(t, max_drop)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda t: (t.user_attrs["compression"], -t.number))
+
+
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "seed": attrs.get(SEED_ATTR),
+        "params": trial.params,
+        "plan": attrs.get("plan"),
+        "accuracy": attrs.get("accuracy"),
+        "accuracy_drop": attrs.get("accuracy_drop"),
+        "compression": attrs.get("compression"),
+        "params_count": attrs.get("params_count"),
+        "macs": attrs.get("macs"),
+        "latency_s": attrs.get("latency_s"),
+        "duration_s": duration,
+    }
+
+
+def pareto_front(records: list[dict[str, Any]]) -> list[int]:
+    """Trial numbers not dominated in (accuracy, compression), both maximised."""
+    points = [r for r in records if r["state"] == "COMPLETE" and r["accuracy"] is not None]
+    front = []
+    for r in points:
+        dominated = any(
+            o["accuracy"] >= r["accuracy"]
+            and o["compression"] >= r["compression"]
+            and (o["accuracy"] > r["accuracy"] or o["compression"] > r["compression"])
+            for o in points
+        )
+        if not dominated:
+            front.append(r["number"])
+    return sorted(front)
+
+
+def finalize(
+    ctx: SearchContext,
+    study: optuna.Study,
+    out_dir: Path,
+    *,
+    arch: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> SearchResult:
+    """Fine-tune the best feasible plan longer and write ``model/``, report and Pareto plot.
+
+    With no feasible trial, the original model is kept (an empty plan) and the report says so.
+    """
+    config = ctx.config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best = best_feasible(study, config.max_accuracy_drop)
+    plan = Plan.from_dict(best.user_attrs["plan"]) if best is not None else Plan()
+    model = ctx.compress(plan)
+    if config.final_epochs > 0 and len(plan.decomposed()) > 0:
+        final = finetune(
+            model,
+            ctx.data,
+            config.schedule,
+            epochs=config.final_epochs,
+            optimizer=config.optimizer,
+            batch_size=config.batch_size,
+            device=ctx.device,
+            seed=config.seed,
+        )
+        if final.status == "diverged":
+            logger.warning("final fine-tune diverged (%s); using the trial's model", final.message)
+            model = ctx.compress(plan)
+            finetune(
+                model,
+                ctx.data,
+                config.schedule,
+                epochs=config.epochs_per_trial,
+                optimizer=config.optimizer,
+                batch_size=config.batch_size,
+                device=ctx.device,
+                seed=config.seed,
+            )
+    result = evaluate(model, ctx.data, device=ctx.device)
+    model = model.to("cpu").eval()
+    latency_after = ctx.latency(model)
+    latency_before = ctx.baseline_latency or ctx.latency(ctx.model)
+    model = model.to("cpu")
+    cost = measure_cost(model, ctx.example)
+    drop = (ctx.baseline_accuracy - result.accuracy) * 100.0
+    records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    layer_plan: list[dict[str, Any]] = []
+    for info in ctx.layers:
+        choice = plan.get(info.name)
+        if choice is not None and not choice.keeps:
+            layer_plan.append(
+                {"layer": info.name, "method": choice.method, "ranks": list(choice.ranks)}
+            )
+        else:
+            reason = info.reason if not info.compressible else "kept dense by the search"
+            layer_plan.append({"layer": info.name, "method": "keep", "ranks": [], "reason": reason})
+    report: dict[str, Any] = {
+        "baseline": {
+            "accuracy": ctx.baseline_accuracy,
+            "params": ctx.baseline_cost.params,
+            "macs": ctx.baseline_cost.macs,
+            "latency_s": latency_before,
+        },
+        "final": {
+            "accuracy": result.accuracy,
+            "accuracy_drop": drop,
+            "params": cost.params,
+            "macs": cost.macs,
+            "latency_s": latency_after,
+            "constraint_met": drop <= config.max_accuracy_drop,
+        },
+        "ratios": {
+            "params": ctx.baseline_cost.params / max(cost.params, 1),
+            "macs": ctx.baseline_cost.macs / max(cost.macs, 1),
+            "latency": latency_before / max(latency_after, 1e-12),
+        },
+        "chosen_trial": best.number if best is not None else None,
+        "found_feasible": best is not None,
+        "plan": plan.to_dict(),
+        "layers": layer_plan,
+        "search": config.to_dict(),
+        "data": {"name": ctx.data.name, "train": len(ctx.data.y_train), "val": len(ctx.data.y_val)},
+        "arch": arch,
+        "pareto_front": pareto_front(records),
+        "trials": records,
+        **(extra or {}),
+    }
+    checkpoint = save_compressed(
+        model,
+        plan,
+        out_dir / CHECKPOINT_NAME,
+        meta={
+            "arch": arch,
+            "accuracy": result.accuracy,
+            "baseline_accuracy": ctx.baseline_accuracy,
+        },
+    )
+    _write_json(out_dir / REPORT_NAME, report)
+    plot_pareto(
+        records,
+        report["pareto_front"],
+        best.number if best else None,
+        out_dir / PARETO_NAME,
+        baseline=ctx.baseline_accuracy,
+        max_drop=config.max_accuracy_drop,
+    )
+    return SearchResult(out_dir=out_dir, checkpoint=checkpoint, report=report)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def plot_pareto(
+    records: list[dict[str, Any]],
+    front: list[int],
+    chosen: int | None,
+    path: Path,
+    *,
+    baseline: float,
+    max_drop: float,
+) -> None:
+    """Accuracy against compression for every completed trial, front joined, choice marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in records if r["state"] == "COMPLETE" and r["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.scatter(
+        [r["compression"] for r in done],
+        [100 * r["accuracy"] for r in done],
+        s=14,
+        c="#999999",
+        label="trials",
+    )
+    seeds = [r for r in done if r["seed"]]
+    ax.scatter(
+        [r["compression"] for r in seeds],
+        [100 * r["accuracy"] for r in seeds],
+        s=22,
+        marker="s",
+        facecolors="none",
+        edgecolors="#1f77b4",
+        label="EVBMF seeds",
+    )
+    pts = sorted((r for r in done if r["number"] in front), key=lambda r: r["compression"])
+    ax.plot(
+        [r["compression"] for r in pts],
+        [100 * r["accuracy"] for r in pts],
+        "-o",
+        color="#ff7f0e",
+        ms=4,
+        label="Pareto front",
+    )
+    ax.axhline(100 * baseline - max_drop, color="#d62728", ls="--", lw=1, label="tolerance")
+    for r in done:
+        if r["number"] == chosen:
+            ax.scatter(
+                [r["compression"]],
+                [100 * r["accuracy"]],
+                s=120,
+                marker="*",
+                color="#2ca02c",
+                zorder=5,
+                label=f"chosen (trial {chosen})",
+            )
+    ax.set_xlabel("compression (x)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

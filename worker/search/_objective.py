@@ -1,0 +1,86 @@
+"""One trial: plan → compress → short cyclic-LR fine-tune → evaluate → compression ratio."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from worker.search._context import SearchContext
+from worker.search._space import plan_from_params
+from worker.search._study import record_constraint
+from worker.training import EpochReport, finetune
+
+logger = logging.getLogger(__name__)
+
+
+def suggest_params(trial: optuna.Trial, ctx: SearchContext) -> dict[str, Any]:
+    low, high = ctx.config.rank_scale
+    params: dict[str, Any] = {}
+    for space in ctx.spaces:
+        params[space.method_param] = trial.suggest_categorical(space.method_param, space.methods)
+        params[space.scale_param] = trial.suggest_float(space.scale_param, low, high, log=True)
+    return params
+
+
+def make_objective(
+    ctx: SearchContext, *, should_stop: Callable[[], bool] = lambda: False
+) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+    """The Optuna objective for ``ctx``; ``should_stop`` is polled between epochs."""
+    config = ctx.config
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        started = time.perf_counter()
+        params = suggest_params(trial, ctx)
+        plan = plan_from_params(ctx.model, ctx.spaces, params, config)
+        cost = ctx.plan_cost(plan)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("params_count", cost.params)
+        trial.set_user_attr("macs", cost.macs)
+        model = ctx.compress(plan)
+
+        def on_epoch(report: EpochReport) -> bool:
+            if not config.pareto:
+                trial.report(report.val_accuracy, report.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {report.epoch}")
+            return not should_stop()
+
+        result = finetune(
+            model,
+            ctx.data,
+            config.schedule,
+            epochs=config.epochs_per_trial,
+            optimizer=config.optimizer,
+            batch_size=config.batch_size,
+            device=ctx.device,
+            seed=config.seed + trial.number,
+            callback=on_epoch,
+        )
+        if result.status == "diverged":
+            raise optuna.TrialPruned(f"fine-tuning diverged: {result.message}")
+        if result.status == "stopped":
+            raise optuna.TrialPruned("stopped on request")
+        accuracy = result.final_val_accuracy
+        drop = (ctx.baseline_accuracy - accuracy) * 100.0
+        latency = ctx.latency(model) if config.objective == "latency" else None
+        ratio = ctx.compression(plan, latency)
+        trial.set_user_attr("accuracy", accuracy)
+        trial.set_user_attr("accuracy_drop", drop)
+        trial.set_user_attr("compression", ratio)
+        trial.set_user_attr("latency_s", latency)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        record_constraint(trial, drop - config.max_accuracy_drop)
+        logger.info(
+            "trial %d: accuracy %.4f (drop %.2f pt), compression %.2fx",
+            trial.number,
+            accuracy,
+            drop,
+            ratio,
+        )
+        return (accuracy, ratio) if config.pareto else ratio
+
+    return objective

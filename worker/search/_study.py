@@ -1,0 +1,99 @@
+"""Creating or resuming the Optuna study of a search: sampler, pruner, constraints, seeds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from worker.search._config import SearchConfig
+from worker.search._context import SearchContext
+from worker.search._space import seed_trials
+
+logger = logging.getLogger(__name__)
+
+#: User attribute carrying ``[accuracy_drop - max_accuracy_drop]``; <= 0 means feasible.
+CONSTRAINT_ATTR = "constraint"
+SEED_ATTR = "seed"
+
+
+def constraints(trial: FrozenTrial) -> Sequence[float]:
+    """Optuna constraint: accuracy drop minus the allowed drop (infeasible until measured)."""
+    return list(trial.user_attrs.get(CONSTRAINT_ATTR, [float("inf")]))
+
+
+#: Optuna 5 records constraints on the trial (``Trial.set_constraint``) and deprecates the
+#: samplers' ``constraints_func``; older releases only have the latter.
+NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def record_constraint(trial: optuna.Trial, value: float) -> None:
+    """Store ``accuracy_drop - max_accuracy_drop`` where this Optuna's samplers read it."""
+    trial.set_user_attr(CONSTRAINT_ATTR, [value])
+    if NATIVE_CONSTRAINTS:
+        trial.set_constraint("accuracy_drop", value)
+
+
+def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    legacy = {} if NATIVE_CONSTRAINTS else {"constraints_func": constraints}
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=config.seed, **legacy)  # type: ignore[arg-type]
+    return optuna.samplers.TPESampler(
+        seed=config.seed,
+        multivariate=True,
+        n_startup_trials=5,
+        **legacy,  # type: ignore[arg-type]
+    )
+
+
+def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
+    if config.pruner == "none" or config.pareto:
+        return optuna.pruners.NopPruner()
+    if config.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+
+
+def open_study(
+    ctx: SearchContext, *, storage: str | optuna.storages.BaseStorage, study_name: str
+) -> optuna.Study:
+    """Create the study (enqueueing the EVBMF seeds) or resume it where it stopped.
+
+    On resume, trials left RUNNING by an interrupted process are failed, and a seed trial among
+    them is enqueued again so seeding still happens exactly once per plan.
+    """
+    config = ctx.config
+    directions: list[StudyDirection] = [StudyDirection.MAXIMIZE] * (2 if config.pareto else 1)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        directions=directions,
+        load_if_exists=True,
+    )
+    existing = study.get_trials(deepcopy=False)
+    if not existing and config.seeding:
+        for label, params in seed_trials(ctx.model, ctx.spaces, ctx.layers, config):
+            study.enqueue_trial(params, user_attrs={SEED_ATTR: label})
+        logger.info("enqueued %d EVBMF seed trials", len(study.get_trials(deepcopy=False)))
+    for trial in existing:
+        if trial.state == TrialState.RUNNING:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            logger.warning("failed trial %d left running by an interrupted run", trial.number)
+            if SEED_ATTR in trial.user_attrs:
+                study.enqueue_trial(
+                    trial.params, user_attrs={SEED_ATTR: trial.user_attrs[SEED_ATTR]}
+                )
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget: completed, pruned or failed."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
