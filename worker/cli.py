@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -136,13 +137,23 @@ def _model(arch: str, num_classes: int, in_channels: int) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
     from safetensors.torch import save_file
 
-    from worker.training import train
+    from worker.training import resolve_device, train
 
     if args.epochs < 1:
         raise UsageError("--epochs must be >= 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(f"--device: {exc}") from None
     data = _data(args)
+    torch.manual_seed(args.seed)  # --seed fixes the initial weights too, not just the batches
     model, _ = _model(args.arch, data.num_classes, data.input_shape[0])
     result = train(
         model,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -38,10 +36,11 @@ def read_state_dict(
             raise WeightsError(f"{source} is not a readable safetensors file: {exc}") from None
     try:
         loaded = torch.load(str(source), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except Exception as exc:  # untrusted bytes: any parse failure (KeyError, EOFError, ...)
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise WeightsError(
             f"{source} is not a plain PyTorch state_dict (only tensors are accepted; objects "
-            f"that would run code are refused): {str(exc).splitlines()[0][:300]}"
+            f"that would run code are refused): {detail}"
         ) from None
     if (
         isinstance(loaded, dict)

@@ -88,10 +88,10 @@ class DecompositionMethod(ABC):
     def scaled_ranks(
         self, module: nn.Module, base: tuple[int, ...], scale: float, *, multiple: int = 1
     ) -> tuple[int, ...]:
-        """``base`` ranks times ``scale``, rounded (to ``multiple`` if > 1), within ``[1, max]``."""
+        """``base`` ranks times ``scale``, rounded to a multiple of ``multiple`` (>= 1), capped."""
         out = []
         for rank, limit in zip(base, self.max_ranks(module)):
             value = max(1.0, rank * scale)
-            rounded = round(value / multiple) * multiple if multiple > 1 else round(value)
+            rounded = max(multiple, round(value / multiple) * multiple)
             out.append(int(min(max(rounded, 1), limit)))
         return tuple(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -69,7 +70,7 @@ class SearchConfig:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         low, high = self.rank_scale
-        if not 0 < low <= high:
+        if not 0 < low <= high < math.inf:
             raise ValueError(
                 f"rank_scale must be (low, high) with 0 < low <= high, got {self.rank_scale}"
             )
@@ -79,6 +80,8 @@ class SearchConfig:
             raise ValueError(f"min_rank_fraction must be in (0, 1], got {self.min_rank_fraction}")
         if self.epochs_per_trial < 1 or self.final_epochs < 0:
             raise ValueError("epochs_per_trial must be >= 1 and final_epochs >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -11,7 +11,7 @@ import optuna
 
 from worker.search._context import SearchContext
 from worker.search._space import plan_from_params
-from worker.search._study import record_constraint
+from worker.search._study import INTERRUPTED_ATTR, SearchStopped, record_constraint
 from worker.training import EpochReport, finetune
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def make_objective(
         if result.status == "diverged":
             raise optuna.TrialPruned(f"fine-tuning diverged: {result.message}")
         if result.status == "stopped":
-            raise optuna.TrialPruned("stopped on request")
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            raise SearchStopped(trial.number)
         accuracy = result.final_val_accuracy
         drop = (ctx.baseline_accuracy - accuracy) * 100.0
         latency = ctx.latency(model) if config.objective == "latency" else None

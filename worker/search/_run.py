@@ -17,7 +17,7 @@ from worker.search._config import SearchConfig
 from worker.search._context import SearchContext, prepare
 from worker.search._finalize import SearchResult, best_feasible, finalize
 from worker.search._objective import make_objective
-from worker.search._study import finished_trials, open_study
+from worker.search._study import SearchStopped, finished_trials, open_study, requeue_seed
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,13 @@ def run_trials(
         if config.timeout_s is not None and time.perf_counter() - started >= config.timeout_s:
             logger.info("wall-time budget of %.0fs spent", config.timeout_s)
             break
-        study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError))
+        try:
+            study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError))
+        except SearchStopped as stopped:
+            (trial,) = (t for t in study.get_trials() if t.number == stopped.trial_number)
+            requeue_seed(study, trial)
+            logger.info("search stopped on request; the interrupted trial will be rerun")
+            return
         if on_progress is not None:
             best = best_feasible(study, config.max_accuracy_drop)
             done = finished_trials(study)

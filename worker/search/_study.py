@@ -18,6 +18,16 @@ logger = logging.getLogger(__name__)
 #: User attribute carrying ``[accuracy_drop - max_accuracy_drop]``; <= 0 means feasible.
 CONSTRAINT_ATTR = "constraint"
 SEED_ATTR = "seed"
+#: Set on trials stopped by a user's request or a crash; they do not use up the budget.
+INTERRUPTED_ATTR = "interrupted"
+
+
+class SearchStopped(Exception):
+    """Raised inside a trial when the caller asked the search to stop."""
+
+    def __init__(self, trial_number: int) -> None:
+        super().__init__(f"trial {trial_number} stopped on request")
+        self.trial_number = trial_number
 
 
 def constraints(trial: FrozenTrial) -> Sequence[float]:
@@ -84,16 +94,24 @@ def open_study(
         logger.info("enqueued %d EVBMF seed trials", len(study.get_trials(deepcopy=False)))
     for trial in existing:
         if trial.state == TrialState.RUNNING:
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             logger.warning("failed trial %d left running by an interrupted run", trial.number)
-            if SEED_ATTR in trial.user_attrs:
-                study.enqueue_trial(
-                    trial.params, user_attrs={SEED_ATTR: trial.user_attrs[SEED_ATTR]}
-                )
+            requeue_seed(study, trial)
     return study
 
 
+def requeue_seed(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue an interrupted seed trial's plan again (other trials are simply re-sampled)."""
+    if SEED_ATTR in trial.user_attrs:
+        # Interrupted before every suggest ran, ``params`` is partial; the enqueued plan itself
+        # is kept in the ``fixed_params`` system attribute.
+        params = {**trial.params, **trial.system_attrs.get("fixed_params", {})}
+        study.enqueue_trial(params, user_attrs={SEED_ATTR: trial.user_attrs[SEED_ATTR]})
+
+
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against the budget: completed, pruned or failed."""
+    """Trials that count against the budget: completed, pruned or failed, not interrupted."""
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
+    trials = study.get_trials(deepcopy=False, states=states)
+    return sum(1 for t in trials if not t.user_attrs.get(INTERRUPTED_ATTR))

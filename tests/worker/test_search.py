@@ -1,0 +1,682 @@
+"""Tests for worker.search: space, seeds, study resume, determinism, finalise, end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from tensorops import (
+    KEEP,
+    BuildContext,
+    Plan,
+    applicable_methods,
+    get_method,
+    inventory,
+    list_methods,
+    load_compressed,
+    measure_cost,
+)
+from worker.data import DataBundle, load_dataset
+from worker.search import (
+    SEED_ATTR,
+    SearchConfig,
+    SearchContext,
+    SearchResult,
+    build_space,
+    finalize,
+    finished_trials,
+    open_study,
+    pareto_front,
+    plan_from_params,
+    prepare,
+    run_search,
+    run_trials,
+    seed_trials,
+)
+from worker.search._study import make_pruner
+from worker.training import evaluate, train
+from worker.zoo import get_model
+
+ARCH = {"arch": "rankopt:tinycnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
+MAX_DROP = 3.0
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_config(**overrides: Any) -> SearchConfig:
+    settings: dict[str, Any] = {
+        "trials": 8,
+        "epochs_per_trial": 3,
+        "final_epochs": 4,
+        "batch_size": 64,
+        "device": "cpu",
+        "max_accuracy_drop": MAX_DROP,
+    }
+    settings.update(overrides)
+    return SearchConfig(**settings)
+
+
+def quick_config(**overrides: Any) -> SearchConfig:
+    """For tests about the machinery rather than the result: one epoch a trial, no final run."""
+    settings: dict[str, Any] = {"trials": 3, "epochs_per_trial": 1, "final_epochs": 0}
+    settings.update(overrides)
+    return make_config(**settings)
+
+
+def sqlite(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def memory_search(
+    model: nn.Module, data: DataBundle, config: SearchConfig, out: Path, name: str = "job"
+) -> tuple[SearchContext, optuna.Study, SearchResult]:
+    """What run_search does, on an in-memory storage (SQLite costs ~0.4 s a trial here)."""
+    ctx = prepare(model, data, config)
+    study = open_study(ctx, storage=optuna.storages.InMemoryStorage(), study_name=name)
+    run_trials(ctx, study)
+    return ctx, study, finalize(ctx, study, out, arch=ARCH)
+
+
+def seed_labels(trials: list[Any]) -> list[str]:
+    return [t.user_attrs[SEED_ATTR] for t in trials if SEED_ATTR in t.user_attrs]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def data() -> DataBundle:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(data: DataBundle) -> nn.Module:
+    """tinycnn trained once for the module (about 97% on digits in a few seconds)."""
+    torch.manual_seed(0)
+    model = get_model("rankopt:tinycnn", num_classes=10)
+    result = train(model, data, epochs=30, optimizer="adamw", lr=0.01, device="cpu")
+    assert result.final_val_accuracy > 0.93
+    return model.eval()
+
+
+@pytest.fixture
+def model(trained: nn.Module) -> nn.Module:
+    return copy.deepcopy(trained)
+
+
+@pytest.fixture
+def ctx(model: nn.Module, data: DataBundle) -> SearchContext:
+    return prepare(model, data, make_config())
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    result: SearchResult
+    config: SearchConfig
+    expected_seeds: list[tuple[str, dict[str, Any]]]
+    study: optuna.Study
+    model: nn.Module
+
+
+@pytest.fixture(scope="module")
+def end_to_end(
+    trained: nn.Module, data: DataBundle, tmp_path_factory: pytest.TempPathFactory
+) -> EndToEnd:
+    """One full search on digits, shared by the end-to-end tests."""
+    out = tmp_path_factory.mktemp("search")
+    config = make_config()
+    model = copy.deepcopy(trained)
+    ctx = prepare(copy.deepcopy(trained), data, config)
+    expected = seed_trials(ctx.model, ctx.spaces, ctx.layers, config)
+    storage = sqlite(out / "study.db")
+    result = run_search(model, data, config, out, arch=ARCH, storage=storage, study_name="e2e")
+    assert result is not None
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    return EndToEnd(result, config, expected, study, trained)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"trials": 0},
+        {"max_accuracy_drop": -1.0},
+        {"objective": "flops"},
+        {"sampler": "cmaes"},
+        {"rank_scale": (2.0, 1.0)},
+        {"rank_scale": (0.1, math.inf)},
+        {"rank_multiple": 0},
+        {"batch_size": 0},
+        {"epochs_per_trial": 0},
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        make_config(**overrides)
+
+
+# --------------------------------------------------------------------------- search space
+
+
+class Mixed(nn.Module):
+    """A 3x3 conv, a 1x1 conv and a Linear head: every kind of layer the space treats apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spatial = nn.Conv2d(3, 16, 3, padding=1)
+        self.pointwise = nn.Conv2d(16, 24, 1)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.pointwise(torch.relu(self.spatial(x))))  # (N, 24, H, W)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_space_parameter_names(ctx: SearchContext) -> None:
+    assert [s.name for s in ctx.spaces] == [i.name for i in ctx.layers if i.compressible]
+    for space in ctx.spaces:
+        assert space.method_param == f"{space.name}.method"
+        assert space.scale_param == f"{space.name}.rank_scale"
+
+
+def test_space_offers_keep_and_only_applicable_methods() -> None:
+    model = Mixed()
+    layers = inventory(model, torch.randn(1, 3, 8, 8))
+    spaces = {s.name: s for s in build_space(model, layers, make_config())}
+    assert set(spaces) == {"spatial", "pointwise", "head"}
+    for name, space in spaces.items():
+        assert space.methods[0] == KEEP
+        assert space.methods[1:] == tuple(applicable_methods(model.get_submodule(name)))
+    assert {"tucker2", "cp", "svd"} <= set(spaces["spatial"].methods)
+    for name in ("pointwise", "head"):
+        assert "tucker2" not in spaces[name].methods
+        assert "cp" not in spaces[name].methods
+        assert "svd" in spaces[name].methods
+
+
+def test_space_restricted_to_configured_methods() -> None:
+    model = Mixed()
+    layers = inventory(model, torch.randn(1, 3, 8, 8))
+    spaces = build_space(model, layers, make_config(methods=("tucker2",)))
+    assert [(s.name, s.methods) for s in spaces] == [("spatial", (KEEP, "tucker2"))]
+
+
+def test_seed_ranks_clamped_into_range(ctx: SearchContext) -> None:
+    fraction = ctx.config.min_rank_fraction
+    for space in ctx.spaces:
+        module = ctx.model.get_submodule(space.name)
+        for method, ranks in space.seed_ranks.items():
+            limits = get_method(method).max_ranks(module)
+            for rank, raw, limit in zip(ranks, space.raw_ranks[method], limits):
+                assert max(1, math.ceil(fraction * limit)) <= rank <= limit
+                if 1 <= raw <= limit and raw >= fraction * limit:
+                    assert rank == raw
+
+
+def _all_method_params(ctx: SearchContext, method: str, scale: float) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for space in ctx.spaces:
+        params[space.method_param] = method if method in space.methods else KEEP
+        params[space.scale_param] = scale
+    return params
+
+
+@pytest.mark.parametrize("method", ["tucker2", "cp", "svd"])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 1.7])
+def test_plan_from_params_scales_evbmf_ranks(ctx: SearchContext, method: str, scale: float) -> None:
+    params = _all_method_params(ctx, method, scale)
+    plan = plan_from_params(ctx.model, ctx.spaces, params, ctx.config)
+    for space in ctx.spaces:
+        if method not in space.methods:
+            assert space.name not in plan
+            continue
+        limits = get_method(method).max_ranks(ctx.model.get_submodule(space.name))
+        expected = tuple(
+            min(max(round(r * scale), 1), limit)
+            for r, limit in zip(space.seed_ranks[method], limits)
+        )
+        assert plan[space.name].method == method
+        assert plan[space.name].ranks == expected
+
+
+@pytest.mark.parametrize("method", ["tucker2", "cp", "svd"])
+@pytest.mark.parametrize("scale", [0.6, 1.0, 1.3, 2.0])
+def test_plan_from_params_respects_rank_multiple(
+    model: nn.Module, data: DataBundle, method: str, scale: float
+) -> None:
+    config = make_config(rank_multiple=8)
+    ctx = prepare(model, data, config)
+    plan = plan_from_params(ctx.model, ctx.spaces, _all_method_params(ctx, method, scale), config)
+    checked = 0
+    for space in ctx.spaces:
+        if method not in space.methods:
+            continue
+        limits = get_method(method).max_ranks(ctx.model.get_submodule(space.name))
+        for rank, base, limit in zip(plan[space.name].ranks, space.seed_ranks[method], limits):
+            value = max(1.0, base * scale)
+            assert 1 <= rank <= limit
+            if value >= 4:  # rounds to a positive multiple of 8
+                assert rank % 8 == 0 or rank == limit, (space.name, rank, limit)
+                assert rank == min(round(value / 8) * 8, limit)
+                checked += 1
+    assert checked > 0
+
+
+def test_plan_from_params_keeps_unnamed_and_keep_layers(ctx: SearchContext) -> None:
+    first, second = ctx.spaces[0], ctx.spaces[1]
+    params = {first.method_param: KEEP, first.scale_param: 0.5, second.method_param: "svd"}
+    plan = plan_from_params(ctx.model, ctx.spaces, params, ctx.config)
+    assert list(plan) == [second.name]  # scale defaults to 1.0: the clamped EVBMF rank
+    assert plan[second.name].ranks == second.seed_ranks["svd"]
+
+
+def test_seed_trials_labels_and_dense_output_layer(ctx: SearchContext) -> None:
+    seeds = seed_trials(ctx.model, ctx.spaces, ctx.layers, ctx.config)
+    labels = [label for label, _ in seeds]
+    assert labels[0] == "evbmf-tucker2"
+    assert labels[-3:] == ["evbmf-tucker2-x0.5", "evbmf-tucker2-x0.75", "evbmf-tucker2-x1.5"]
+    assert len(set(labels)) == len(labels)
+    output = [i.name for i in ctx.layers if i.macs > 0][-1]
+    assert output == "classifier"
+    names = {p for s in ctx.spaces for p in (s.method_param, s.scale_param)}
+    for label, params in seeds:
+        assert set(params) == names
+        assert params["classifier.method"] == KEEP, label
+        for space in ctx.spaces:
+            if space.name != output:
+                assert params[space.method_param] != KEEP, label
+    tucker = dict(seeds)["evbmf-tucker2"]
+    for space in ctx.spaces[:-1]:  # every spatial conv of tinycnn gets Tucker-2 at EVBMF ranks
+        assert tucker[space.method_param] == "tucker2"
+        assert tucker[space.scale_param] == 1.0
+    half = dict(seeds)["evbmf-tucker2-x0.5"]
+    assert all(v == 0.5 for k, v in half.items() if k.endswith(".rank_scale"))
+
+
+def test_seed_trials_follow_the_rank_scale_bounds(ctx: SearchContext) -> None:
+    config = make_config(rank_scale=(1.2, 3.0))
+    seeds = dict(seed_trials(ctx.model, ctx.spaces, ctx.layers, config))
+    assert "evbmf-tucker2-x0.5" not in seeds and "evbmf-tucker2-x0.75" not in seeds
+    assert "evbmf-tucker2-x1.5" in seeds
+    assert all(v == 1.2 for k, v in seeds["evbmf-tucker2"].items() if k.endswith(".rank_scale"))
+
+
+def test_decomposition_cache_hit_on_repeated_plan(
+    ctx: SearchContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str]] = []
+    for name in list_methods():
+        cls = type(get_method(name))
+        original = cls.decompose
+
+        def counting(
+            self: Any,
+            module: nn.Module,
+            ranks: tuple[int, ...],
+            bctx: BuildContext,
+            _original: Callable[..., nn.Module] = original,
+        ) -> nn.Module:
+            calls.append((self.name, bctx.layer_name))
+            return _original(self, module, ranks, bctx)
+
+        monkeypatch.setattr(cls, "decompose", counting)
+    _, params = seed_trials(ctx.model, ctx.spaces, ctx.layers, ctx.config)[0]
+    plan = plan_from_params(ctx.model, ctx.spaces, params, ctx.config)
+    assert len(plan.decomposed()) == 3
+    first = ctx.compress(plan)
+    assert sorted(layer for _, layer in calls) == sorted(plan.decomposed())
+    count = len(calls)
+    second = ctx.compress(plan)
+    assert len(calls) == count  # every layer came from the cache
+    x = ctx.data.x_val[:16]
+    with torch.no_grad():
+        assert torch.equal(first.eval()(x), second.eval()(x))
+    other = plan_from_params(
+        ctx.model, ctx.spaces, {**params, "features.2.rank_scale": 0.5}, ctx.config
+    )
+    ctx.compress(other)
+    assert calls[count:] == [("tucker2", "features.2")]  # only the changed layer is decomposed
+
+
+# --------------------------------------------------------------------------- study
+
+
+@pytest.mark.parametrize(
+    ("sampler", "cls"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("random", optuna.samplers.RandomSampler),
+    ],
+)
+def test_samplers_build_and_run(
+    model: nn.Module, data: DataBundle, sampler: str, cls: type
+) -> None:
+    config = quick_config(sampler=sampler, seeding=False, pruner="none")
+    ctx = prepare(model, data, config)
+    study = open_study(ctx, storage=optuna.storages.InMemoryStorage(), study_name=sampler)
+    assert isinstance(study.sampler, cls)
+    run_trials(ctx, study)
+    trials = study.get_trials()
+    assert len(trials) == 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    names = {p for s in ctx.spaces for p in (s.method_param, s.scale_param)}
+    assert all(set(t.params) == names for t in trials)
+    assert not seed_labels(trials)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cls"),
+    [
+        ({"pruner": "median"}, optuna.pruners.MedianPruner),
+        ({"pruner": "halving"}, optuna.pruners.SuccessiveHalvingPruner),
+        ({"pruner": "none"}, optuna.pruners.NopPruner),
+        ({"pruner": "median", "pareto": True}, optuna.pruners.NopPruner),
+    ],
+)
+def test_pruners(overrides: dict[str, Any], cls: type) -> None:
+    assert isinstance(make_pruner(make_config(**overrides)), cls)
+
+
+def test_seeds_enqueued_once_on_create(ctx: SearchContext, tmp_path: Path) -> None:
+    storage = sqlite(tmp_path / "s.db")
+    expected = [label for label, _ in seed_trials(ctx.model, ctx.spaces, ctx.layers, ctx.config)]
+    study = open_study(ctx, storage=storage, study_name="s")
+    assert seed_labels(study.get_trials()) == expected
+    assert all(t.state == TrialState.WAITING for t in study.get_trials())
+    again = open_study(ctx, storage=storage, study_name="s")
+    assert seed_labels(again.get_trials()) == expected
+
+
+def test_no_seeds_without_seeding(model: nn.Module, data: DataBundle) -> None:
+    ctx = prepare(model, data, make_config(seeding=False))
+    study = open_study(ctx, storage=optuna.storages.InMemoryStorage(), study_name="s")
+    assert study.get_trials() == []
+
+
+def test_running_trial_failed_and_seed_requeued_on_resume(
+    ctx: SearchContext, tmp_path: Path
+) -> None:
+    storage = sqlite(tmp_path / "s.db")
+    seeds = seed_trials(ctx.model, ctx.spaces, ctx.layers, ctx.config)
+    study = open_study(ctx, storage=storage, study_name="s")
+    asked = study.ask()  # a process took the first seed, then died without telling
+    assert asked.number == 0
+    assert study.get_trials()[0].state == TrialState.RUNNING
+    resumed = open_study(ctx, storage=storage, study_name="s")
+    trials = resumed.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert finished_trials(resumed) == 0  # interrupted trials do not use up the budget
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    labels = seed_labels(waiting)
+    assert Counter(labels) == Counter(label for label, _ in seeds)  # each plan still pending
+    requeued = [t for t in waiting if t.user_attrs[SEED_ATTR] == seeds[0][0]]
+    assert requeued[0].system_attrs["fixed_params"] == seeds[0][1]
+    third = open_study(ctx, storage=storage, study_name="s")  # nothing left running: no change
+    assert len(third.get_trials()) == len(trials)
+
+
+def test_running_sampled_trial_failed_on_resume(model: nn.Module, data: DataBundle) -> None:
+    ctx = prepare(model, data, make_config(seeding=False))
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.ask()
+    resumed = open_study(ctx, storage=storage, study_name="s")
+    assert [t.state for t in resumed.get_trials()] == [TrialState.FAIL]
+
+
+def test_should_stop_then_resume_completes_the_budget(
+    model: nn.Module, data: DataBundle, tmp_path: Path
+) -> None:
+    config = make_config(trials=6, epochs_per_trial=1, final_epochs=1)
+    storage = sqlite(tmp_path / "study.db")
+    out = tmp_path / "out"
+    progress: list[int] = []
+    result = run_search(
+        copy.deepcopy(model),
+        data,
+        config,
+        out,
+        arch=ARCH,
+        storage=storage,
+        study_name="resume",
+        on_progress=lambda p: progress.append(p.done),
+        should_stop=lambda: len(progress) >= 2,
+    )
+    assert result is None
+    assert progress == [1, 2]
+    assert not (out / "report.json").exists()
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert finished_trials(study) == 2
+
+    result = run_search(model, data, config, out, arch=ARCH, storage=storage, study_name="resume")
+    assert result is not None
+    trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
+    assert len(trials) == config.trials
+    assert sorted(t.number for t in trials) == list(range(config.trials))
+    assert all(t.state.is_finished() for t in trials)
+    ctx = prepare(model, data, config)
+    expected = [label for label, _ in seed_trials(ctx.model, ctx.spaces, ctx.layers, config)]
+    assert seed_labels(trials) == expected
+    assert all(n == 1 for n in Counter(seed_labels(trials)).values())
+    assert [r["number"] for r in result.report["trials"]] == list(range(config.trials))
+
+
+def test_same_seed_same_result(model: nn.Module, data: DataBundle) -> None:
+    config = quick_config(trials=7, seeding=False)
+
+    def search(name: str, cfg: SearchConfig) -> list[optuna.trial.FrozenTrial]:
+        ctx = prepare(copy.deepcopy(model), data, cfg)
+        study = open_study(ctx, storage=optuna.storages.InMemoryStorage(), study_name=name)
+        run_trials(ctx, study)
+        return study.get_trials()
+
+    first, second = search("a", config), search("b", config)
+    assert len(first) == len(second) == 7
+    assert [t.params for t in first] == [t.params for t in second]
+    assert [t.state for t in first] == [t.state for t in second]
+    assert [t.user_attrs.get("accuracy") for t in first] == [
+        t.user_attrs.get("accuracy") for t in second
+    ]
+    other = search("c", quick_config(trials=1, seeding=False, seed=1))
+    assert other[0].params != first[0].params
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def test_pareto_search_is_two_objective_and_finalises(
+    model: nn.Module, data: DataBundle, tmp_path: Path
+) -> None:
+    config = quick_config(pareto=True, final_epochs=1)
+    _, study, result = memory_search(model, data, config, tmp_path)
+    assert len(study.directions) == 2
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert complete
+    for trial in complete:
+        assert trial.values == [trial.user_attrs["accuracy"], trial.user_attrs["compression"]]
+    report = result.report
+    assert report["search"]["pareto"] is True
+    assert report["pareto_front"]
+    assert (tmp_path / "report.json").is_file()
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == PNG_MAGIC
+    assert load_compressed(result.checkpoint) is not None
+
+
+def test_macs_objective_ratio(model: nn.Module, data: DataBundle, tmp_path: Path) -> None:
+    _, study, result = memory_search(model, data, quick_config(objective="macs"), tmp_path)
+    report = result.report
+    records = [r for r in report["trials"] if r["state"] == "COMPLETE"]
+    assert records
+    values = {t.number: t.value for t in study.get_trials()}
+    for record in records:
+        expected = report["baseline"]["macs"] / record["macs"]
+        assert record["compression"] == pytest.approx(expected, rel=1e-12)
+        assert values[record["number"]] == pytest.approx(expected, rel=1e-12)
+        params_ratio = report["baseline"]["params"] / record["params_count"]
+        assert record["compression"] != pytest.approx(params_ratio, rel=1e-3)
+    if report["chosen_trial"] is not None:  # the closed-form estimate equals the measurement
+        chosen = next(r for r in records if r["number"] == report["chosen_trial"])
+        assert report["final"]["macs"] == chosen["macs"]
+        assert report["final"]["params"] == chosen["params_count"]
+
+
+def test_latency_objective_ratio(model: nn.Module, data: DataBundle, tmp_path: Path) -> None:
+    _, _, result = memory_search(model, data, quick_config(objective="latency"), tmp_path)
+    report = result.report
+    baseline = report["baseline"]["latency_s"]
+    assert baseline is not None and baseline > 0
+    records = [r for r in report["trials"] if r["state"] == "COMPLETE"]
+    assert records
+    for record in records:
+        assert record["latency_s"] > 0
+        assert record["compression"] == pytest.approx(baseline / record["latency_s"], rel=1e-12)
+    final = report["final"]["latency_s"]
+    assert report["ratios"]["latency"] == pytest.approx(baseline / final, rel=1e-12)
+
+
+def test_pareto_front_of_records() -> None:
+    def rec(number: int, accuracy: float, compression: float, state: str = "COMPLETE") -> dict:
+        return {"number": number, "state": state, "accuracy": accuracy, "compression": compression}
+
+    records = [
+        rec(0, 0.90, 2.0),
+        rec(1, 0.95, 1.5),
+        rec(2, 0.89, 1.9),  # dominated by 0
+        rec(3, 0.80, 4.0),
+        rec(4, 0.99, 9.0, state="PRUNED"),  # not complete: ignored
+        rec(5, 0.90, 2.0),  # equal to 0: neither dominates
+    ]
+    assert pareto_front(records) == [0, 1, 3, 5]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_e2e_seed_trials_come_first(end_to_end: EndToEnd) -> None:
+    expected = end_to_end.expected_seeds
+    k = len(expected)
+    assert k >= 3
+    trials = sorted(end_to_end.study.get_trials(), key=lambda t: t.number)
+    assert len(trials) == end_to_end.config.trials
+    assert [t.user_attrs.get(SEED_ATTR) for t in trials[:k]] == [label for label, _ in expected]
+    assert trials[0].user_attrs[SEED_ATTR].startswith("evbmf-tucker2")
+    for trial, (_, params) in zip(trials, expected):
+        assert trial.params == params
+    assert all(SEED_ATTR not in t.user_attrs for t in trials[k:])
+    records = end_to_end.result.report["trials"]
+    assert [r["seed"] for r in records[:k]] == [label for label, _ in expected]
+    assert all(r["seed"] is None for r in records[k:])
+
+
+def test_e2e_chosen_plan_meets_the_constraint(end_to_end: EndToEnd) -> None:
+    report = end_to_end.result.report
+    assert report["found_feasible"], "no trial within 3 points on digits"
+    final = report["final"]
+    assert final["accuracy_drop"] <= MAX_DROP
+    assert final["constraint_met"] is True
+    assert final["accuracy_drop"] == pytest.approx(
+        (report["baseline"]["accuracy"] - final["accuracy"]) * 100
+    )
+    records = {r["number"]: r for r in report["trials"]}
+    chosen = records[report["chosen_trial"]]
+    assert chosen["state"] == "COMPLETE"
+    assert chosen["accuracy_drop"] <= MAX_DROP
+    feasible = [
+        r for r in records.values() if r["state"] == "COMPLETE" and r["accuracy_drop"] <= MAX_DROP
+    ]
+    assert chosen["compression"] == max(r["compression"] for r in feasible)
+    assert Plan.from_dict(report["plan"]) == Plan.from_dict(chosen["plan"])
+
+
+def test_e2e_checkpoint_reproduces_final_accuracy(end_to_end: EndToEnd, data: DataBundle) -> None:
+    report = end_to_end.result.report
+    loaded = load_compressed(end_to_end.result.checkpoint)
+    assert evaluate(loaded, data, device="cpu").accuracy == report["final"]["accuracy"]
+    cost = measure_cost(loaded, data.example_input(1))
+    assert (cost.params, cost.macs) == (report["final"]["params"], report["final"]["macs"])
+
+
+def test_e2e_outputs_written(end_to_end: EndToEnd) -> None:
+    out = end_to_end.result.out_dir
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["final"] == end_to_end.result.report["final"]
+    assert on_disk["plan"] == end_to_end.result.report["plan"]
+    assert on_disk["arch"] == ARCH
+    assert on_disk["search"] == end_to_end.config.to_dict()
+    assert (out / "pareto.png").read_bytes()[:8] == PNG_MAGIC
+    assert end_to_end.result.checkpoint.exists()
+
+
+def test_e2e_report_costs_and_ratios(end_to_end: EndToEnd, data: DataBundle) -> None:
+    report = end_to_end.result.report
+    before = measure_cost(end_to_end.model, data.example_input(1))
+    assert report["baseline"]["params"] == before.params
+    assert report["baseline"]["macs"] == before.macs
+    assert report["final"]["params"] < before.params
+    assert report["final"]["macs"] < before.macs
+    assert report["ratios"]["params"] == pytest.approx(before.params / report["final"]["params"])
+    assert report["ratios"]["macs"] == pytest.approx(before.macs / report["final"]["macs"])
+    assert report["ratios"]["params"] > 1
+    assert report["ratios"]["macs"] > 1
+    assert report["data"] == {"name": "digits", "train": len(data.y_train), "val": len(data.y_val)}
+
+
+def test_e2e_every_layer_reported(end_to_end: EndToEnd, data: DataBundle) -> None:
+    report = end_to_end.result.report
+    layers = inventory(end_to_end.model, data.example_input(1))
+    assert [entry["layer"] for entry in report["layers"]] == [info.name for info in layers]
+    plan = Plan.from_dict(report["plan"])
+    for entry in report["layers"]:
+        if entry["method"] == KEEP:
+            assert entry["reason"]
+            assert entry["layer"] not in plan.decomposed()
+        else:
+            choice = plan[entry["layer"]]
+            assert (entry["method"], tuple(entry["ranks"])) == (choice.method, choice.ranks)
+    assert any(entry["method"] != KEEP for entry in report["layers"])
+
+
+def test_stop_during_a_trial_does_not_use_up_the_budget(
+    model: nn.Module, data: DataBundle, tmp_path: Path
+) -> None:
+    """A stop inside a trial fails it as interrupted; resuming reruns its seed plan."""
+    from worker.search import SEED_ATTR, finished_trials
+    from worker.search._study import INTERRUPTED_ATTR
+
+    config = SearchConfig(
+        trials=5, epochs_per_trial=1, final_epochs=0, batch_size=64, device="cpu", pruner="none"
+    )
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    calls = {"n": 0}
+
+    def stop_in_first_trial() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 2  # the first epoch callback of trial 0 asks to stop
+
+    ctx = prepare(model, data, config)
+    study = open_study(ctx, storage=storage, study_name="job-stop")
+    run_trials(ctx, study, should_stop=stop_in_first_trial)
+    first = study.get_trials()[0]
+    assert first.user_attrs.get(INTERRUPTED_ATTR) is True
+    assert finished_trials(study) == 0
+    run_trials(ctx, study)
+    assert finished_trials(study) == 5
+    labels = [t.user_attrs.get(SEED_ATTR) for t in study.get_trials() if t.state.name == "COMPLETE"]
+    # The interrupted seed plan is rerun (after the other seeds) and every seed runs once.
+    assert sorted(labels) == sorted(
+        label for label, _ in seed_trials(ctx.model, ctx.spaces, ctx.layers, config)
+    )
