@@ -64,9 +64,11 @@ def _free_energy(sigma2: float, n_rows: int, n_cols: int, s: np.ndarray, x_bar: 
     above = x[x > x_bar]
     below = x[x <= x_bar]
     tau_above = _tau(above, alpha)
-    energy = float(np.sum(below - np.log(below)))
+    # Every value contributes -log(x) = log(M·σ²) - log(s²); the -log(s²) part does not depend
+    # on σ² and is dropped, so exact zeros (dead channels) cannot make the energy infinite.
+    energy = float(np.sum(below)) + below.size * math.log(n_cols * sigma2)
     energy += float(np.sum(above - tau_above))
-    energy += float(np.sum(np.log((tau_above + 1.0) / above)))
+    energy += float(np.sum(np.log(tau_above + 1.0))) + above.size * math.log(n_cols * sigma2)
     energy += alpha * float(np.sum(np.log(tau_above / alpha + 1.0)))
     return energy
 

@@ -55,7 +55,7 @@ class CPConv2d(nn.Module):
 
     @classmethod
     def from_conv(
-        cls, conv: nn.Conv2d, rank: int, *, seed: int = 0, n_iter_max: int = 300, tol: float = 1e-7
+        cls, conv: nn.Conv2d, rank: int, *, seed: int = 0, n_iter_max: int = 100, tol: float = 1e-7
     ) -> CPConv2d:
         """Factorise ``conv``'s kernel by CP-ALS at ``rank`` (seeded, deterministic)."""
         layer = cls.skeleton(conv, rank)

@@ -75,3 +75,14 @@ def test_untrained_kernel_gives_zero_and_clamp_floor() -> None:
     assert clamp_rank(0, 16, floor=4) == 4
     assert clamp_rank(40, 16) == 16
     assert clamp_rank(0, 2, floor=4) == 2
+
+
+def test_dead_channels_do_not_change_the_estimate() -> None:
+    """Exact zero singular values (pruned or dead channels) must not break the noise estimate."""
+    m = low_rank_plus_noise(128, 1152, 12, scale=0.5, seed=6)
+    dead = m.clone()
+    dead[:4] = 0.0
+    base, with_dead = evbmf(m), evbmf(dead)
+    assert base.rank == 12
+    assert with_dead.rank == 12
+    assert with_dead.noise_variance == pytest.approx(base.noise_variance, rel=0.1)
