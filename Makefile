@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_decompositions.py
+	$(BIN)/python bench/bench_search.py --arch rankopt:lenet5 --trials 20 --seeds 0
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
