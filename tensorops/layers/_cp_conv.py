@@ -7,7 +7,7 @@ from torch import nn
 
 from tensorops.decompositions import cp_als
 from tensorops.layers._geometry import ConvGeometry, pointwise
-from tensorops.layers._validation import require_plain_conv
+from tensorops.layers._validation import plain_conv_layout
 
 
 class CPConv2d(nn.Module):
@@ -42,16 +42,8 @@ class CPConv2d(nn.Module):
     @classmethod
     def skeleton(cls, conv: nn.Conv2d, rank: int) -> CPConv2d:
         """The layer's structure for ``conv`` at ``rank``, weights uninitialised."""
-        require_plain_conv(conv, "cp")
-        return cls(
-            conv.in_channels,
-            conv.out_channels,
-            rank,
-            ConvGeometry.of(conv),
-            bias=conv.bias is not None,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
+        in_channels, out_channels, geometry, options = plain_conv_layout(conv, "cp")
+        return cls(in_channels, out_channels, rank, geometry, **options)
 
     @classmethod
     def from_conv(

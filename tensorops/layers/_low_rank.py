@@ -7,7 +7,7 @@ from torch import nn
 
 from tensorops.decompositions import truncated_svd
 from tensorops.layers._geometry import ConvGeometry, pointwise
-from tensorops.layers._validation import require_linear, require_plain_conv
+from tensorops.layers._validation import plain_conv_layout, require_linear
 
 
 class LowRankLinear(nn.Module):
@@ -85,16 +85,8 @@ class LowRankConv2d(nn.Module):
 
     @classmethod
     def skeleton(cls, conv: nn.Conv2d, rank: int) -> LowRankConv2d:
-        require_plain_conv(conv, "svd")
-        return cls(
-            conv.in_channels,
-            conv.out_channels,
-            rank,
-            ConvGeometry.of(conv),
-            bias=conv.bias is not None,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
+        in_channels, out_channels, geometry, options = plain_conv_layout(conv, "svd")
+        return cls(in_channels, out_channels, rank, geometry, **options)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> LowRankConv2d:

@@ -7,7 +7,7 @@ from torch import nn
 
 from tensorops.decompositions import ModeBasis, tucker2
 from tensorops.layers._geometry import ConvGeometry, pointwise
-from tensorops.layers._validation import require_plain_conv
+from tensorops.layers._validation import plain_conv_layout
 
 
 class Tucker2Conv2d(nn.Module):
@@ -41,16 +41,8 @@ class Tucker2Conv2d(nn.Module):
     @classmethod
     def skeleton(cls, conv: nn.Conv2d, ranks: tuple[int, int]) -> Tucker2Conv2d:
         """The layer's structure for ``conv`` at ``ranks``, weights uninitialised."""
-        require_plain_conv(conv, "tucker2")
-        return cls(
-            conv.in_channels,
-            conv.out_channels,
-            ranks,
-            ConvGeometry.of(conv),
-            bias=conv.bias is not None,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
+        in_channels, out_channels, geometry, options = plain_conv_layout(conv, "tucker2")
+        return cls(in_channels, out_channels, ranks, geometry, **options)
 
     @classmethod
     def from_conv(

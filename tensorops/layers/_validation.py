@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from tensorops.exceptions import NotCompressibleError
+from tensorops.layers._geometry import ConvGeometry
 
 
 def conv_refusal(conv: nn.Module) -> str | None:
@@ -31,3 +34,20 @@ def require_linear(layer: nn.Module, method: str) -> None:
         raise NotCompressibleError(
             f"{method} cannot factorise this layer: {type(layer).__name__} is not a plain nn.Linear"
         )
+
+
+def plain_conv_layout(
+    conv: nn.Module, method: str
+) -> tuple[int, int, ConvGeometry, dict[str, Any]]:
+    """Channels, geometry and the (bias, device, dtype) options a factorised copy of ``conv`` keeps.
+
+    Raises :class:`NotCompressibleError` when ``method`` cannot factorise ``conv``.
+    """
+    require_plain_conv(conv, method)
+    assert isinstance(conv, nn.Conv2d)
+    options = {
+        "bias": conv.bias is not None,
+        "device": conv.weight.device,
+        "dtype": conv.weight.dtype,
+    }
+    return conv.in_channels, conv.out_channels, ConvGeometry.of(conv), options
