@@ -28,8 +28,8 @@ def main() -> int:
     print("== compressing it: EVBMF-seeded TPE over per-layer methods and ranks, 20 trials")
     code = cli_main(
         ["compress", "--arch", "rankopt:tinycnn", "--weights", str(weights), "--dataset", "digits",
-         "--trials", "20", "--epochs-per-trial", "6", "--final-epochs", "15",
-         "--max-accuracy-drop", "1.0", "--device", "cpu", "--out", str(OUT / "search")]
+         "--trials", "20", "--epochs-per-trial", "10", "--final-epochs", "20",
+         "--max-accuracy-drop", "2.0", "--device", "cpu", "--out", str(OUT / "search")]
     )  # fmt: skip
     if code:
         return code
