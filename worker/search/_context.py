@@ -14,7 +14,7 @@ from worker.data import DataBundle
 from worker.search._config import SearchConfig
 from worker.search._latency import measure_latency
 from worker.search._space import LayerSpace, build_space
-from worker.training import evaluate, resolve_device
+from worker.training import EpochCallback, FinetuneResult, evaluate, finetune, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,28 @@ class SearchContext:
     def compress(self, plan: Plan) -> nn.Module:
         """The original with ``plan`` applied (decompositions cached across trials)."""
         return compress(self.model, plan, seed=self.config.seed, cache=self.cache)
+
+    def finetune(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int,
+        seed: int,
+        callback: EpochCallback | None = None,
+    ) -> FinetuneResult:
+        """Fine-tune ``model`` in place with the search's schedule, optimiser and batch size."""
+        config = self.config
+        return finetune(
+            model,
+            self.data,
+            config.schedule,
+            epochs=epochs,
+            optimizer=config.optimizer,
+            batch_size=config.batch_size,
+            device=self.device,
+            seed=seed,
+            callback=callback,
+        )
 
     def latency(self, model: nn.Module) -> float:
         return measure_latency(model, self.example, device=self.device)

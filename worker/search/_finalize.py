@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tensorops import Plan, measure_cost, save_compressed
 from worker.search._context import SearchContext
 from worker.search._study import SEED_ATTR
-from worker.training import evaluate, finetune
+from worker.training import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -100,29 +100,11 @@ def finalize(
     plan = Plan.from_dict(best.user_attrs["plan"]) if best is not None else Plan()
     model = ctx.compress(plan)
     if config.final_epochs > 0 and len(plan.decomposed()) > 0:
-        final = finetune(
-            model,
-            ctx.data,
-            config.schedule,
-            epochs=config.final_epochs,
-            optimizer=config.optimizer,
-            batch_size=config.batch_size,
-            device=ctx.device,
-            seed=config.seed,
-        )
+        final = ctx.finetune(model, epochs=config.final_epochs, seed=config.seed)
         if final.status == "diverged":
             logger.warning("final fine-tune diverged (%s); using the trial's model", final.message)
             model = ctx.compress(plan)
-            finetune(
-                model,
-                ctx.data,
-                config.schedule,
-                epochs=config.epochs_per_trial,
-                optimizer=config.optimizer,
-                batch_size=config.batch_size,
-                device=ctx.device,
-                seed=config.seed,
-            )
+            ctx.finetune(model, epochs=config.epochs_per_trial, seed=config.seed)
     result = evaluate(model, ctx.data, device=ctx.device)
     model = model.to("cpu").eval()
     latency_after = ctx.latency(model)

@@ -12,7 +12,7 @@ import optuna
 from worker.search._context import SearchContext
 from worker.search._space import plan_from_params
 from worker.search._study import INTERRUPTED_ATTR, SearchStopped, record_constraint
-from worker.training import EpochReport, finetune
+from worker.training import EpochReport
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,9 @@ def make_objective(
                     raise optuna.TrialPruned(f"pruned at epoch {report.epoch}")
             return not should_stop()
 
-        result = finetune(
+        result = ctx.finetune(
             model,
-            ctx.data,
-            config.schedule,
             epochs=config.epochs_per_trial,
-            optimizer=config.optimizer,
-            batch_size=config.batch_size,
-            device=ctx.device,
             seed=config.seed + trial.number,
             callback=on_epoch,
         )
