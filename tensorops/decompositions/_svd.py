@@ -77,7 +77,7 @@ def truncated_svd(matrix: torch.Tensor, rank: int) -> SVDResult:
         else:  # M ≈ top @ (top.T @ M)
             left, right = top, top.T @ work
         if large:
-            total = float(work.double().square().sum())
+            total = float(torch.linalg.vector_norm(work, dtype=torch.float64)) ** 2
             kept = float(values[:rank].double().square().sum())
             error = (max(0.0, total - kept) / total) ** 0.5 if total > 0 else 0.0
         else:
