@@ -2,8 +2,11 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_search.py [--quick] [--arch rankopt:lenet5] [--trials 20]
+    .venv/bin/python bench/bench_search.py [--quick] [--arch ARCH [ARCH ...]] [--trials 20]
         [--seeds 0 [1 ...]] [--out bench/results] [--constant-lr LR]
+
+By default both ``rankopt:lenet5`` and the VGG-style ``rankopt:minivgg`` run, one after the
+other, in one command.
 
 For every seed the starting model is trained once on mnist5k (AdamW, lr 0.01, one-cycle), and
 then, from copies of that same trained model, on the same data and with the same seed, six
@@ -27,7 +30,9 @@ from the same study's trials. The search-efficiency curve of a run is the best f
 compression (drop ≤ 1.0, completed trials) after each trial, in trial order.
 
 Goals: ``rankopt`` reaches random search's best-after-all-trials within N/4 trials, and its
-final parameter compression is at least 1.5x the one-shot's.
+final parameter compression is at least 1.5x the one-shot's. Finalising may fine-tune up to
+``verify_top + 1`` candidates for the final budget before choosing (the one-shot run has one);
+the table counts them.
 
 Prints markdown tables (machine and versions first), writes the numbers to
 ``<out>/search_<arch>[_quick].json`` and the curves to ``<out>/search_<arch>[_quick].png``.
@@ -89,10 +94,10 @@ class Variant:
     config: SearchConfig
 
 
-def make_config(args: argparse.Namespace) -> BenchConfig:
+def make_config(args: argparse.Namespace, arch: str) -> BenchConfig:
     if args.quick:
         return BenchConfig(
-            arch=args.arch,
+            arch=arch,
             trials=args.trials if args.trials is not None else 4,
             epochs_per_trial=1,
             final_epochs=1,
@@ -104,7 +109,7 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
             quick=True,
         )
     return BenchConfig(
-        arch=args.arch,
+        arch=arch,
         trials=args.trials if args.trials is not None else 20,
         epochs_per_trial=2,
         final_epochs=6,
@@ -240,6 +245,7 @@ def run_variant(
         "curve": efficiency_curve(records, MAX_DROP),
         "trial_states": [r["state"] for r in records],
         "unrun_enqueued": len(report["trials"]) - len(records),
+        "verification": report["verification"],
         "wall_s": wall_s,
         "search_s": search_s,
         "finalize_s": wall_s - search_s,
@@ -276,18 +282,32 @@ def seed_goals(runs: dict[str, dict[str, Any]], trials: int) -> list[dict[str, A
         + (" (neither found a feasible plan)" if target is None and reached is None else "")
         + (f" (rankopt best {ours['curve'][-1]:.2f}x)" if ours["curve"][-1] is not None else ""),
     }
-    factor = ours["params_ratio"] / max(one["params_ratio"], 1e-12)
-    ratio_ok = factor >= ONE_SHOT_GOAL_FACTOR
+    # One-shot's compression *at the tolerance*: its plan's ratio if the plan meets it, else
+    # 1.0 (the only model within tolerance that the one-shot recipe yields is the original).
+    one_at_tol = one["params_ratio"] if one["constraint_met"] else 1.0
+    ours_at_tol = ours["params_ratio"] if ours["constraint_met"] else 1.0
+    factor = ours_at_tol / max(one_at_tol, 1e-12)
+    raw = ours_at_tol / max(one["params_ratio"], 1e-12)
+    one_text = f"{one['params_ratio']:.2f}x, drop {one['final_accuracy_drop']:.2f} pt, " + (
+        "met" if one["constraint_met"] else f"NOT met, so 1.00x at {MAX_DROP:g} pt"
+    )
     compare = {
-        "goal": f"rankopt's params ratio ≥ {ONE_SHOT_GOAL_FACTOR:g}x one-shot EVBMF+Tucker-2",
-        "status": "PASS" if ratio_ok else "MISS",
+        "goal": f"rankopt's params ratio ≥ {ONE_SHOT_GOAL_FACTOR:g}x one-shot's, both at drop ≤ "
+        f"{MAX_DROP:g} pt",
+        "status": "PASS" if factor >= ONE_SHOT_GOAL_FACTOR else "MISS",
         "factor": factor,
         "detail": f"{ours['params_ratio']:.2f}x (drop {ours['final_accuracy_drop']:.2f} pt, "
-        f"{'met' if ours['constraint_met'] else 'NOT met'}) vs "
-        f"{one['params_ratio']:.2f}x (drop {one['final_accuracy_drop']:.2f} pt, "
-        f"{'met' if one['constraint_met'] else 'NOT met'}): {factor:.2f}x",
+        f"{'met' if ours['constraint_met'] else 'NOT met'}) vs one-shot {one_text}: "
+        f"{factor:.2f}x",
     }
-    return [speed, compare]
+    strict = {
+        "goal": f"stricter: rankopt's ratio ≥ {ONE_SHOT_GOAL_FACTOR:g}x one-shot's plan even "
+        "where that plan misses the tolerance",
+        "status": "PASS" if raw >= ONE_SHOT_GOAL_FACTOR else "MISS",
+        "factor": raw,
+        "detail": f"{ours_at_tol:.2f}x vs {one['params_ratio']:.2f}x: {raw:.2f}x",
+    }
+    return [speed, compare, strict]
 
 
 def fmt_ratio(value: float | None) -> str:
@@ -356,6 +376,7 @@ def print_seed(seed: int, runs: dict[str, dict[str, Any]], cfg: BenchConfig) -> 
                 fmt_trial(run["best_trial_at_1_0"]),
                 fmt_trial(run["best_trial_at_0_5"]),
                 f"{sum(1 for r in run['trials'] if feasible(r, MAX_DROP))}/{len(run['trials'])}",
+                len(run["verification"]),
                 f"{run['wall_s']:.1f}",
             ]
         )
@@ -370,6 +391,7 @@ def print_seed(seed: int, runs: dict[str, dict[str, Any]], cfg: BenchConfig) -> 
         f"best trial ≤ {MAX_DROP:g} pt",
         f"best trial ≤ {ALT_DROP:g} pt",
         "feasible trials",
+        "final fine-tunes",
         "wall s",
     ]
     print(markdown_table(headers, rows))
@@ -442,7 +464,12 @@ def output_stem(arch: str, quick: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
-    parser.add_argument("--arch", default="rankopt:lenet5", help="zoo name of the model")
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        default=["rankopt:lenet5", "rankopt:minivgg"],
+        help="zoo names of the models, benchmarked one after the other",
+    )
     parser.add_argument("--trials", type=int, default=None, help="N (default 20, 4 with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     parser.add_argument("--out", default="bench/results", help="folder for the JSON and plot")
@@ -452,20 +479,91 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="LR of the constant-lr run (default: the cyclic schedule's mean over one trial)",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="reprint the tables of saved results (JSON files this script wrote); run nothing",
+    )
     args = parser.parse_args(argv)
     if args.trials is not None and args.trials < 1:
         parser.error("--trials must be >= 1")
+    if args.report:
+        for path in args.report:
+            report_from(path)
+        return 0
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    cfg = make_config(args)
     machine = machine_info()
     vers = versions()
-    print(f"# rankopt search benchmark: {cfg.arch}" + (" (--quick)" if cfg.quick else ""))
+    print(
+        "# rankopt search benchmark: " + ", ".join(args.arch) + (" (--quick)" if args.quick else "")
+    )
     print_machine(machine, vers)
     sys.stdout.flush()
+    overall = []
+    for arch in args.arch:
+        cfg = make_config(args, arch)
+        print(f"\n# {arch}")
+        results = bench_arch(cfg, args, machine, vers)
+        overall.extend(
+            [arch, *[g[k] for k in ("goal", "status")], f"{g['passes']}/{g['seeds']}"]
+            for g in results["goals"]
+        )
+    if len(args.arch) > 1:
+        print("\n# All architectures\n")
+        print(markdown_table(["architecture", "goal", "status", "seeds passing"], overall))
+    return 0
 
+
+def print_goals(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str, Any]]:
+    """The goal table per seed and, with several seeds, the summary; returns the summary."""
+    print("\n## Goals\n")
+    goal_rows = []
+    summary = []
+    for index in range(len(results["seeds"][cfg.seeds[0]]["goals"])):
+        passes = 0
+        for seed in cfg.seeds:
+            goal = results["seeds"][seed]["goals"][index]
+            passes += goal["status"] == "PASS"
+            goal_rows.append([goal["goal"], seed, goal["status"], goal["detail"]])
+        name = results["seeds"][cfg.seeds[0]]["goals"][index]["goal"]
+        status = "PASS" if passes == len(cfg.seeds) else "MISS"
+        summary.append({"goal": name, "status": status, "passes": passes, "seeds": len(cfg.seeds)})
+    print(markdown_table(["goal", "seed", "status", "measured"], goal_rows))
+    if len(cfg.seeds) > 1:
+        print()
+        print(
+            markdown_table(
+                ["goal", "status", "seeds passing"],
+                [[s["goal"], s["status"], f"{s['passes']}/{s['seeds']}"] for s in summary],
+            )
+        )
+    return summary
+
+
+def report_from(path: Path) -> list[dict[str, Any]]:
+    """Print the tables and goals of saved results again (goals recomputed); nothing is run."""
+    results = json.loads(path.read_text())
+    config = dict(results["config"])
+    config["seeds"] = tuple(int(s) for s in config["seeds"])
+    cfg = BenchConfig(**config)
+    results["seeds"] = {int(k): v for k, v in results["seeds"].items()}
+    print(f"\n# {cfg.arch} (from {path})")
+    for seed, info in results["seeds"].items():
+        info["goals"] = seed_goals(info["runs"], cfg.trials)
+        print_seed(seed, info["runs"], cfg)
+    summary = print_goals(results, cfg)
+    return summary
+
+
+def bench_arch(
+    cfg: BenchConfig, args: argparse.Namespace, machine: dict[str, Any], vers: dict[str, str]
+) -> dict[str, Any]:
+    """Train the starting models and run every variant for every seed of one architecture."""
     started = time.perf_counter()
     data = load_dataset(DATASET, seed=0, max_train=cfg.max_train)
     kwargs: dict[str, Any] = {"num_classes": data.num_classes}
@@ -523,28 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         print_seed(seed, info["runs"], cfg)
         sys.stdout.flush()
 
-    print("\n## Goals\n")
-    goal_rows = []
-    summary = []
-    for index in range(2):
-        passes = 0
-        for seed in cfg.seeds:
-            goal = results["seeds"][seed]["goals"][index]
-            passes += goal["status"] == "PASS"
-            goal_rows.append([goal["goal"], seed, goal["status"], goal["detail"]])
-        name = results["seeds"][cfg.seeds[0]]["goals"][index]["goal"]
-        status = "PASS" if passes == len(cfg.seeds) else "MISS"
-        summary.append({"goal": name, "status": status, "passes": passes, "seeds": len(cfg.seeds)})
-    print(markdown_table(["goal", "seed", "status", "measured"], goal_rows))
-    if len(cfg.seeds) > 1:
-        print()
-        print(
-            markdown_table(
-                ["goal", "status", "seeds passing"],
-                [[s["goal"], s["status"], f"{s['passes']}/{s['seeds']}"] for s in summary],
-            )
-        )
-    results["goals"] = summary
+    results["goals"] = print_goals(results, cfg)
     if cfg.quick:
         print(
             "\n--quick: tiny budget (N = "
@@ -572,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     png_path = out / f"{stem}.png"
     plot(results, png_path)
     print(f"Results written to {json_path} and {png_path}")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

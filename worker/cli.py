@@ -7,6 +7,7 @@ and the same command resumes it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -19,6 +20,10 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# Modules that add subcommands: each has ``register(subparsers)`` and sets a ``handler``
+# default (a function of the parsed args returning the exit status) on its parsers.
+COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "worker.cli_service")
 
 
 class UsageError(Exception):
@@ -83,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-seeding", action="store_true", help="do not enqueue the EVBMF plans first"
     )
     comp.add_argument("--methods", default=None, help="comma-separated subset, e.g. tucker2,svd")
-    comp.add_argument("--rank-scale", default="0.1,2.0", help="LOW,HIGH multiplier of EVBMF ranks")
+    comp.add_argument("--rank-scale", default="0.1,4.0", help="LOW,HIGH multiplier of EVBMF ranks")
     comp.add_argument(
         "--rank-multiple",
         type=int,
@@ -92,6 +97,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--epochs-per-trial", type=int, default=3)
     comp.add_argument("--final-epochs", type=int, default=10)
+    comp.add_argument(
+        "--distill",
+        type=float,
+        default=0.5,
+        help="weight of distillation from the original model in the fine-tuning loss (0: off)",
+    )
+    comp.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    comp.add_argument(
+        "--verify-top",
+        type=int,
+        default=3,
+        help="candidates fine-tuned for --final-epochs before choosing",
+    )
+    comp.add_argument(
+        "--verify-slack",
+        type=float,
+        default=0.5,
+        help="points above the tolerance a trial may be and still be verified",
+    )
     comp.add_argument(
         "--schedule",
         choices=("triangular", "triangular2", "exp_range", "cosine_restarts", "constant"),
@@ -110,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--study-name", default="job-local")
     comp.add_argument("--data-root", action="append", default=[])
     comp.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -215,6 +241,10 @@ def _config(args: argparse.Namespace) -> Any:
             rank_multiple=args.rank_multiple,
             epochs_per_trial=args.epochs_per_trial,
             final_epochs=args.final_epochs,
+            distill_weight=args.distill,
+            temperature=args.temperature,
+            verify_top=args.verify_top,
+            verify_slack=args.verify_slack,
             schedule=schedule,
             optimizer=args.optimizer,
             batch_size=args.batch_size,
@@ -313,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
         if args.command == "train":
             return cmd_train(args)
         return cmd_compress(args)

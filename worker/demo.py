@@ -1,45 +1,240 @@
-"""``make demo``: train a small CNN on scikit-learn's digits, then compress it end to end.
+"""``make demo``: the whole service on one machine, end to end, on the embedded default.
 
-Runs on the embedded default: the CPU, a local output folder (``runs/demo``) and a SQLite
-Optuna study inside it. Running it again resumes the same study and re-finalises.
+1. trains ``rankopt:lenet5`` on ``mnist5k`` (the starting model; nothing can be downloaded);
+2. starts ``rankopt serve`` and two ``rankopt worker`` processes in the background on a SQLite
+   database and a local artifact folder under ``runs/demo``, and creates an API key;
+3. submits a compression job over HTTP, follows it with a progress bar (server-sent events);
+4. downloads the compressed checkpoint (SHA-256 checked), loads it in one call, checks its
+   accuracy against the report and prints a before/after table;
+5. stops everything it started, also on Ctrl-C or error.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-from worker.cli import main as cli_main
+from typing import Any
 
 OUT = Path("runs/demo")
+ARCH = "rankopt:lenet5"
+SPEC: dict[str, Any] = {
+    "arch": ARCH,
+    "dataset": "mnist5k",
+    "trials": 16,
+    "epochs_per_trial": 2,
+    "final_epochs": 6,
+    "max_accuracy_drop": 1.0,
+    "exports": ["torchscript", "onnx"],
+}
 
 
-def main() -> int:
-    weights = OUT / "tinycnn-digits.safetensors"
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(root: Path, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "RANKOPT_DATABASE_URL": f"sqlite:///{(root / 'rankopt.db').resolve()}",
+            "RANKOPT_ARTIFACT_ROOT": str((root / "artifacts").resolve()),
+            "RANKOPT_DEVICE": "cpu",
+            "RANKOPT_URL": f"http://127.0.0.1:{port}",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
+    return env
+
+
+@contextmanager
+def _processes(
+    root: Path, env: dict[str, str], port: int
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The API and two workers, logging to ``root/logs``; all stopped on exit."""
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rankopt = [sys.executable, "-m", "worker.cli"]
+    commands = {
+        "api": [*rankopt, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        "worker-1": [*rankopt, "worker", "--device", "cpu"],
+        "worker-2": [*rankopt, "worker", "--device", "cpu"],
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, command in commands.items():
+            log = (logs / f"{name}.log").open("ab")
+            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+            print(f"   started {name} (pid {procs[-1].pid}), log in {logs / (name + '.log')}")
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        print("== stopped the API and both workers")
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a service process exited at start-up; see runs/demo/logs")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the API at {url} did not become ready in {timeout:.0f}s")
+
+
+def _watch(client: Any, job_id: str) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    job: dict[str, Any] = client.get(job_id)
+    with Progress(
+        TextColumn("[bold]{task.fields[phase]:<10}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} trials"),
+        TextColumn("best {task.fields[best]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    ) as bar:
+        task = bar.add_task("job", total=SPEC["trials"], phase="queued", best="-", eta="-")
+        for event in client.events(job_id):
+            job = event["data"]
+            progress = job.get("progress") or {}
+            best = progress.get("best_compression")
+            eta = progress.get("eta_s")
+            bar.update(
+                task,
+                completed=progress.get("trials_done", 0),
+                total=progress.get("trials_total") or SPEC["trials"],
+                phase=str(job.get("status", "")).lower(),
+                best=f"{best:.2f}x" if best else "-",
+                eta=f"{eta:.0f}s" if eta else "-",
+            )
+            if event["event"] == "end":
+                break
+    return job
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="delete runs/demo first")
+    args = parser.parse_args(argv)
+    if args.fresh and OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from service.client import RankoptClient
+    from service.settings import Settings
+    from service.store import Store
+    from tensorops import load_compressed, measure_cost
+    from worker.cli import main as cli_main
+    from worker.data import load_dataset
+    from worker.search import measure_latency
+    from worker.training import evaluate
+    from worker.weights import load_weights, read_state_dict
+    from worker.zoo import get_model
+
+    torch.set_num_threads(1)
+    weights = OUT / "lenet5-mnist5k.safetensors"
     if not weights.exists():
-        print("== training rankopt:tinycnn on digits (the starting model)")
+        print("== training rankopt:lenet5 on mnist5k (the starting model)")
         code = cli_main(
-            ["train", "--arch", "rankopt:tinycnn", "--dataset", "digits", "--epochs", "30",
+            ["train", "--arch", ARCH, "--dataset", "mnist5k", "--epochs", "8",
              "--device", "cpu", "--out", str(weights)]
         )  # fmt: skip
         if code:
             return code
-    print("== compressing it: EVBMF-seeded TPE over per-layer methods and ranks, 20 trials")
-    code = cli_main(
-        ["compress", "--arch", "rankopt:tinycnn", "--weights", str(weights), "--dataset", "digits",
-         "--trials", "20", "--epochs-per-trial", "10", "--final-epochs", "20",
-         "--max-accuracy-drop", "2.0", "--device", "cpu", "--out", str(OUT / "search")]
+    port = _free_port()
+    env = _env(OUT, port)
+    url = env["RANKOPT_URL"]
+    settings = Settings(
+        database_url=env["RANKOPT_DATABASE_URL"], artifact_root=Path(env["RANKOPT_ARTIFACT_ROOT"])
+    )
+    store = Store.from_settings(settings, migrate=True)
+    key, _ = store.create_api_key(f"demo-{int(time.time())}")
+    store.dispose()
+    print(f"== starting the API on {url} and two workers (SQLite: {OUT / 'rankopt.db'})")
+    with _processes(OUT, env, port) as procs:
+        _wait_ready(url, procs)
+        with RankoptClient(url, key) as client:
+            job = client.submit(SPEC, weights)
+            print(f"== submitted job {job['id']}: {json.dumps(SPEC)}")
+            job = _watch(client, job["id"])
+            if job["status"] != "SUCCEEDED":
+                error = job.get("error") or {}
+                print(f"job ended {job['status']}: {error.get('message', '')}", file=sys.stderr)
+                return 1
+            result = client.result(job["id"])
+            (OUT / "download").mkdir(exist_ok=True)
+            got = client.download(job["id"], "model.safetensors", OUT / "download")
+            names = [a["name"] for a in client.artifacts(job["id"])]
+            print(f"== downloaded {got} (sha256 checked); artifacts: {', '.join(names)}")
+            workers = sorted(
+                {str(t["worker"]) for t in client.trials(job["id"]) if t.get("worker")}
+            )
+    data = load_dataset("mnist5k", seed=0)
+    small = load_compressed(got)
+    accuracy = evaluate(small, data, device="cpu").accuracy
+    original = get_model(ARCH, num_classes=10, in_channels=1)
+    load_weights(original, read_state_dict(weights))
+    example = data.example_input(1)
+    before, after = measure_cost(original, example), measure_cost(small, example)
+    lat_before = measure_latency(original, example, device=torch.device("cpu"), repeats=50)
+    lat_after = measure_latency(small, example, device=torch.device("cpu"), repeats=50)
+    base = result["baseline"]["accuracy"]
+    p_ratio, m_ratio = before.params / after.params, before.macs / after.macs
+    print("== before and after (latency: batch 1, CPU, 1 thread, median of 50)")
+    print(
+        _table(
+            [
+                ("", "original", "compressed"),
+                ("params", f"{before.params:,}", f"{after.params:,} ({p_ratio:.2f}x)"),
+                ("MACs", f"{before.macs:,}", f"{after.macs:,} ({m_ratio:.2f}x)"),
+                ("latency", f"{lat_before * 1e6:.0f} us", f"{lat_after * 1e6:.0f} us"),
+                ("accuracy", f"{100 * base:.2f}%", f"{100 * accuracy:.2f}%"),
+            ]
+        )
     )  # fmt: skip
-    if code:
-        return code
-    report = json.loads((OUT / "search" / "report.json").read_text())
-    print("== chosen plan")
-    for layer in report["layers"]:
-        ranks = ",".join(str(r) for r in layer["ranks"])
-        print(f"  {layer['layer']:<14} {layer['method']:<8} {ranks}")
-    print(f"== outputs in {OUT / 'search'}: model/ (load with tensorops.load_compressed), "
-          "report.json, pareto.png, study.db")  # fmt: skip
+    reported = result["final"]["accuracy"]
+    if abs(accuracy - reported) > 1e-9:
+        print(f"loaded accuracy {accuracy} differs from the report's {reported}", file=sys.stderr)
+        return 1
+    print(f"== the loaded checkpoint reproduces the reported accuracy ({100 * reported:.2f}%)")
+    if workers:
+        print(f"== trials were run by {len(workers)} workers: {', '.join(workers)}")
     return 0
 
 

@@ -21,6 +21,7 @@ from worker.training import (
     evaluate,
     finetune,
     lr_at,
+    predict_logits,
     resolve_device,
     train,
 )
@@ -496,3 +497,70 @@ def test_train_validates_arguments(digits: DataBundle) -> None:
         train(tiny_net(), digits, epochs=1, schedule="step")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lr"):
         train(tiny_net(), digits, epochs=1, lr=0.0)
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def test_predict_logits_matches_forward_in_eval_mode(digits: DataBundle) -> None:
+    model = tiny_net(3, dropout=0.5).train()
+    logits = predict_logits(model, digits.x_train, batch_size=100, device="cpu")
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        expected = model(digits.x_train)
+    assert logits.shape == (1400, 10)
+    assert torch.allclose(logits, expected, atol=1e-6)
+
+
+def test_full_distillation_learns_the_teacher_not_the_labels(digits: DataBundle) -> None:
+    """A teacher that always says "label + 1" is what a weight-1 student learns."""
+    shifted = (digits.y_train + 1) % 10
+    teacher = F.one_hot(shifted, 10).float() * 8.0  # confident, wrong on purpose
+    model = tiny_net()
+    result = finetune(
+        model,
+        digits,
+        FAST,
+        epochs=3,
+        batch_size=32,
+        device="cpu",
+        teacher_logits=teacher,
+        distill_weight=1.0,
+        temperature=2.0,
+    )
+    assert result.status == "completed"
+    assert result.final_val_accuracy < 0.2  # true labels
+    shifted_val = (digits.y_val + 1) % 10
+    assert evaluate(model, (digits.x_val, shifted_val), device="cpu").accuracy > 0.8
+
+
+def test_distill_weight_zero_ignores_the_teacher(digits: DataBundle) -> None:
+    def run(**kwargs: object) -> dict[str, torch.Tensor]:
+        model = tiny_net(5)
+        finetune(model, digits, FAST, epochs=1, batch_size=64, device="cpu", max_steps=10, **kwargs)  # type: ignore[arg-type]
+        return model.state_dict()
+
+    plain = run()
+    noise = torch.randn(1400, 10)
+    ignored = run(teacher_logits=noise, distill_weight=0.0)
+    mixed = run(teacher_logits=noise, distill_weight=0.5)
+    assert all(torch.equal(plain[k], ignored[k]) for k in plain)
+    assert any(not torch.equal(plain[k], mixed[k]) for k in plain)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distill_weight": 0.5}, "needs teacher_logits"),
+        ({"teacher_logits": torch.zeros(10, 10), "distill_weight": 0.5}, "shape"),
+        ({"teacher_logits": torch.full((1400, 10), math.nan), "distill_weight": 0.5}, "NaN"),
+        ({"teacher_logits": torch.zeros(1400, 10), "distill_weight": 1.5}, "distill_weight"),
+        ({"teacher_logits": torch.zeros(1400, 10), "temperature": 0.0}, "temperature"),
+    ],
+)
+def test_distillation_arguments_validated(
+    digits: DataBundle, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        finetune(tiny_net(), digits, FAST, epochs=1, device="cpu", **kwargs)  # type: ignore[arg-type]

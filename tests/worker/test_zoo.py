@@ -31,6 +31,7 @@ from worker.zoo import (
 RANKOPT_MODELS = [
     "rankopt:lenet5",
     "rankopt:lenet500_300",
+    "rankopt:minivgg",
     "rankopt:resnet20",
     "rankopt:tinycnn",
     "rankopt:vgg11_bn",
@@ -99,6 +100,7 @@ def test_rankopt_model_accepts_other_in_channels(name: str) -> None:
 def test_input_shapes() -> None:
     assert input_shape("rankopt:lenet5") == (1, 28, 28)
     assert input_shape("rankopt:lenet500_300") == (1, 28, 28)
+    assert input_shape("rankopt:minivgg") == (1, 28, 28)
     assert input_shape("rankopt:tinycnn") == (1, 8, 8)
     assert input_shape("rankopt:vgg11_bn") == (3, 32, 32)
     assert input_shape("rankopt:resnet20") == (3, 32, 32)
@@ -115,6 +117,10 @@ def test_parameter_counts() -> None:
     assert num_params(lenet) == (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (
         120 * 84 + 84
     ) + (84 * 10 + 10)
+    convs = [(1, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64)]
+    assert num_params(get_model("rankopt:minivgg")) == sum(o * i * 9 + 2 * o for i, o in convs) + (
+        64 * 10 + 10
+    )
     # He et al. report 0.27M for ResNet-20; the 1x1 projection shortcuts add a few thousand.
     assert 0.26e6 < num_params(get_model("rankopt:resnet20")) < 0.28e6
 

@@ -2,7 +2,13 @@
 
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
 from worker.search._context import SearchContext, prepare
-from worker.search._finalize import SearchResult, best_feasible, finalize, pareto_front
+from worker.search._finalize import (
+    SearchResult,
+    best_feasible,
+    finalize,
+    pareto_front,
+    verification_candidates,
+)
 from worker.search._latency import measure_latency
 from worker.search._objective import make_objective
 from worker.search._run import Progress, default_storage, run_search, run_trials
@@ -34,4 +40,5 @@ __all__ = [
     "run_search",
     "run_trials",
     "seed_trials",
+    "verification_candidates",
 ]

@@ -26,7 +26,21 @@ class SearchConfig:
     to at least ``min_rank_fraction`` of the layer's largest rank (EVBMF gives 0 for a layer it
     sees as noise). ``rank_multiple`` rounds ranks (8 suits tensor cores). ``seeding`` enqueues
     the EVBMF plans first; ``methods`` limits the per-layer choice (None = every registered
-    method that applies, plus keep).
+    method that applies, plus keep). Seed plans other than the pure Kim et al. one keep dense
+    every layer holding less than ``seed_min_share`` of the model's cost (decomposing them
+    saves little and can cost much accuracy). Sensitivity seeds: each layer is decomposed alone
+    at ``sensitivity_points`` rank scales (geometric over ``rank_scale``) and evaluated on up to
+    ``sensitivity_samples`` validation examples without fine-tuning; for each budget in
+    ``sensitivity_budgets`` (points) a seed takes every layer at the smallest scale within it.
+    An empty ``sensitivity_budgets`` skips the analysis.
+
+    Fine-tuning distils the original model into the candidate: the loss is ``(1 - a) * CE +
+    a * T^2 * KL`` with ``a = distill_weight`` and ``T = temperature`` (0 turns it off).
+
+    Finalising re-checks the best candidates before choosing: up to ``verify_top`` completed
+    trials whose drop is within ``max_accuracy_drop + verify_slack``, most compressed first,
+    are fine-tuned for ``final_epochs``; the first that meets the tolerance wins. A short
+    trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it.
     """
 
     trials: int = 40
@@ -39,9 +53,17 @@ class SearchConfig:
     seed: int = 0
     seeding: bool = True
     methods: tuple[str, ...] | None = None
-    rank_scale: tuple[float, float] = (0.1, 2.0)
+    rank_scale: tuple[float, float] = (0.1, 4.0)
     rank_multiple: int = 1
     min_rank_fraction: float = 0.05
+    seed_min_share: float = 0.02
+    sensitivity_budgets: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    sensitivity_points: int = 9
+    sensitivity_samples: int = 2000
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+    verify_top: int = 3
+    verify_slack: float = 0.5
     epochs_per_trial: int = 2
     final_epochs: int = 8
     schedule: ScheduleConfig = field(
@@ -80,6 +102,22 @@ class SearchConfig:
             raise ValueError(f"min_rank_fraction must be in (0, 1], got {self.min_rank_fraction}")
         if self.epochs_per_trial < 1 or self.final_epochs < 0:
             raise ValueError("epochs_per_trial must be >= 1 and final_epochs >= 0")
+        if not 0 <= self.seed_min_share < 1:
+            raise ValueError(f"seed_min_share must be in [0, 1), got {self.seed_min_share}")
+        if any(not 0 <= b < math.inf for b in self.sensitivity_budgets):
+            raise ValueError(
+                f"sensitivity_budgets must be points >= 0, got {self.sensitivity_budgets}"
+            )
+        if self.sensitivity_points < 1 or self.sensitivity_samples < 1:
+            raise ValueError("sensitivity_points and sensitivity_samples must be >= 1")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.verify_top < 1:
+            raise ValueError(f"verify_top must be >= 1, got {self.verify_top}")
+        if not 0 <= self.verify_slack < math.inf:
+            raise ValueError(f"verify_slack must be >= 0 points, got {self.verify_slack}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -87,4 +125,5 @@ class SearchConfig:
         data = asdict(self)
         data["rank_scale"] = list(self.rank_scale)
         data["methods"] = list(self.methods) if self.methods is not None else None
+        data["sensitivity_budgets"] = list(self.sensitivity_budgets)
         return data

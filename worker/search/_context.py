@@ -13,8 +13,16 @@ from tensorops import Cost, LayerInfo, Plan, compress, estimate_cost, inventory,
 from worker.data import DataBundle
 from worker.search._config import SearchConfig
 from worker.search._latency import measure_latency
+from worker.search._sensitivity import layer_sensitivity
 from worker.search._space import LayerSpace, build_space
-from worker.training import EpochCallback, FinetuneResult, evaluate, finetune, resolve_device
+from worker.training import (
+    EpochCallback,
+    FinetuneResult,
+    evaluate,
+    finetune,
+    predict_logits,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,31 @@ class SearchContext:
     baseline_loss: float
     baseline_cost: Cost
     baseline_latency: float | None
+    teacher_logits: torch.Tensor | None = None  # (n_train, classes), for distillation
+    sensitivity: dict[str, list[tuple[float, float]]] | None = None  # see seed_sensitivity
     cache: dict[tuple[object, ...], object] = field(default_factory=dict)
+
+    def seed_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
+        """Per-layer sensitivity for the seed plans, scanned on first use.
+
+        Only the process that creates the study needs it (to enqueue the seeds); a worker
+        joining a running study never pays for the scan. Empty without seeding or budgets.
+        """
+        if self.sensitivity is None:
+            config = self.config
+            self.sensitivity = {}
+            if config.seeding and config.sensitivity_budgets:
+                self.sensitivity = layer_sensitivity(
+                    self.model,
+                    self.data,
+                    self.spaces,
+                    self.layers,
+                    config,
+                    device=self.device,
+                    cache=self.cache,
+                )
+                self.model.to("cpu")
+        return self.sensitivity
 
     def plan_cost(self, plan: Plan) -> Cost:
         return estimate_cost(self.layers, plan, total=self.baseline_cost)
@@ -74,6 +106,9 @@ class SearchContext:
             device=self.device,
             seed=seed,
             callback=callback,
+            teacher_logits=self.teacher_logits,
+            distill_weight=config.distill_weight if self.teacher_logits is not None else 0.0,
+            temperature=config.temperature,
         )
 
     def latency(self, model: nn.Module) -> float:
@@ -93,6 +128,9 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
     latency = (
         measure_latency(model, example, device=device) if config.objective == "latency" else None
     )
+    teacher = None
+    if config.distill_weight > 0:
+        teacher = predict_logits(model, data.x_train, device=device)
     model = model.to("cpu")
     logger.info(
         "baseline accuracy %.4f, %d layers, %d searchable, prepared in %.1fs",
@@ -113,4 +151,5 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
         baseline_loss=baseline.loss,
         baseline_cost=measure_cost(model, example),
         baseline_latency=latency,
+        teacher_logits=teacher,
     )

@@ -6,7 +6,7 @@ Parameter names are stable and readable: ``<layer>.method`` and ``<layer>.rank_s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ def plan_from_params(
     return Plan(choices)
 
 
-def _default_method(space: LayerSpace) -> str:
+def default_method(space: LayerSpace) -> str:
     """Tucker-2 for spatial kernels, SVD for matrices and 1x1 convs (Kim et al.'s recipe)."""
     for name in ("tucker2", "svd"):
         if name in space.methods:
@@ -90,32 +90,73 @@ def _default_method(space: LayerSpace) -> str:
     return space.methods[1] if len(space.methods) > 1 else KEEP
 
 
+def output_layer(spaces: list[LayerSpace], layers: list[LayerInfo]) -> str | None:
+    """The last layer the forward pass reaches (None when it is the only searchable one)."""
+    reached = [info.name for info in layers if info.macs > 0]
+    return reached[-1] if reached and len(spaces) > 1 else None
+
+
+def small_layers(
+    spaces: list[LayerSpace], layers: list[LayerInfo], config: SearchConfig
+) -> set[str]:
+    """Searchable layers under ``config.seed_min_share`` of the model's cost (by the
+    objective's metric; parameters for latency)."""
+    metric = "macs" if config.objective == "macs" else "params"
+    by_name = {info.name: info for info in layers}
+    total = sum(getattr(info, metric) for info in layers) or 1
+    return {
+        space.name
+        for space in spaces
+        if getattr(by_name[space.name], metric) < config.seed_min_share * total
+    }
+
+
+def scale_within(scanned: Sequence[tuple[float, float]], budget: float) -> float | None:
+    """The smallest scanned rank scale whose accuracy drop is within ``budget`` points."""
+    fine = [scale for scale, drop in scanned if drop <= budget and math.isfinite(drop)]
+    return min(fine) if fine else None
+
+
 def seed_trials(
-    model: nn.Module, spaces: list[LayerSpace], layers: list[LayerInfo], config: SearchConfig
+    model: nn.Module,
+    spaces: list[LayerSpace],
+    layers: list[LayerInfo],
+    config: SearchConfig,
+    *,
+    sensitivity: Mapping[str, Sequence[tuple[float, float]]] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The EVBMF plans enqueued before the sampler takes over, each with a label.
 
-    1. ``evbmf-tucker2``: Tucker-2 at the EVBMF ranks on every spatial conv, SVD elsewhere;
+    1. ``evbmf-tucker2``: Kim et al.'s recipe, Tucker-2 at the EVBMF ranks on every spatial
+       conv and SVD elsewhere;
     2. ``evbmf-cp-where-cheaper``: the same, with CP wherever CP at its EVBMF-derived rank costs
        less than Tucker-2 (by the search objective's cost, parameters for latency);
-    3. scaled variants of the first at 0.5x, 0.75x and 1.5x the EVBMF ranks.
+    3. ``sensitivity-<b>pt`` for each budget ``b`` in ``config.sensitivity_budgets`` (given
+       ``sensitivity``, see :mod:`worker.search._sensitivity`): every scanned layer at the
+       smallest rank scale whose solo drop before fine-tuning is within ``b`` points (dense
+       when none is); identical plans are enqueued once;
+    4. ``evbmf-tucker2-x<f>``: the first at 0.5x and 1.5x the EVBMF ranks (those inside
+       ``rank_scale``).
 
     The output layer (the last one the forward pass reaches) stays dense in every seed, as in
-    Kim et al.: its EVBMF rank is often below the number of classes. The sampler may still
-    decompose it.
+    Kim et al.: its EVBMF rank is often below the number of classes. Seeds 2 to 4 also keep
+    dense every layer whose share of the model's cost is below ``config.seed_min_share``
+    (a first conv over 1 to 3 input channels, typically): decomposing it saves almost nothing
+    and EVBMF's rank for it can be ruinous. The sampler may still decompose any of them.
     """
     by_name = {info.name: info for info in layers}
     metric = "macs" if config.objective == "macs" else "params"
     tucker: dict[str, Any] = {}
     mixed: dict[str, Any] = {}
-    reached = [info.name for info in layers if info.macs > 0]
-    output_layer = reached[-1] if reached else None
+    output = output_layer(spaces, layers)
+    small = small_layers(spaces, layers, config)
+    unit = min(max(1.0, config.rank_scale[0]), config.rank_scale[1])
     for space in spaces:
-        default = KEEP if space.name == output_layer and len(spaces) > 1 else _default_method(space)
+        default = KEEP if space.name == output else default_method(space)
         tucker[space.method_param] = default
-        tucker[space.scale_param] = min(max(1.0, config.rank_scale[0]), config.rank_scale[1])
-        choice = default
-        if "cp" in space.methods and default == "tucker2":
+        tucker[space.scale_param] = unit
+        choice = KEEP if space.name in small else default
+        if "cp" in space.methods and choice == "tucker2":
             info = by_name[space.name]
             cp_cost = getattr(get_method("cp").cost(info, space.seed_ranks["cp"]), metric)
             tucker_cost = getattr(
@@ -124,13 +165,28 @@ def seed_trials(
             if cp_cost < tucker_cost:
                 choice = "cp"
         mixed[space.method_param] = choice
-        mixed[space.scale_param] = tucker[space.scale_param]
+        mixed[space.scale_param] = unit
+    trimmed = {
+        k: (KEEP if k.endswith(".method") and k[: -len(".method")] in small else v)
+        for k, v in tucker.items()
+    }
     low, high = config.rank_scale
     seeds: list[tuple[str, dict[str, Any]]] = [("evbmf-tucker2", tucker)]
     if mixed != tucker:
         seeds.append(("evbmf-cp-where-cheaper", mixed))
-    for factor in (0.5, 0.75, 1.5):
+    for budget in config.sensitivity_budgets if sensitivity else ():
+        params = dict(trimmed)
+        for space in spaces:
+            scanned = sensitivity.get(space.name) if sensitivity else None
+            if scanned is None or params[space.method_param] == KEEP:
+                continue
+            scale = scale_within(scanned, budget)
+            params[space.method_param] = KEEP if scale is None else default_method(space)
+            params[space.scale_param] = unit if scale is None else scale
+        if all(params != other for _, other in seeds):
+            seeds.append((f"sensitivity-{budget:g}pt", params))
+    for factor in (0.5, 1.5):
         if low <= factor <= high:
-            scaled = {k: (factor if k.endswith(".rank_scale") else v) for k, v in tucker.items()}
+            scaled = {k: (factor if k.endswith(".rank_scale") else v) for k, v in trimmed.items()}
             seeds.append((f"evbmf-tucker2-x{factor:g}", scaled))
     return seeds

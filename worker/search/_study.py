@@ -70,12 +70,18 @@ def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    ctx: SearchContext, *, storage: str | optuna.storages.BaseStorage, study_name: str
+    ctx: SearchContext,
+    *,
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str,
+    fail_running: bool = True,
 ) -> optuna.Study:
     """Create the study (enqueueing the EVBMF seeds) or resume it where it stopped.
 
     On resume, trials left RUNNING by an interrupted process are failed, and a seed trial among
-    them is enqueued again so seeding still happens exactly once per plan.
+    them is enqueued again so seeding still happens exactly once per plan. A process joining a
+    study that other processes are running trials of passes ``fail_running=False``: their
+    trials are alive, and dead ones are found by Optuna's heartbeat instead.
     """
     config = ctx.config
     directions: list[StudyDirection] = [StudyDirection.MAXIMIZE] * (2 if config.pareto else 1)
@@ -89,10 +95,13 @@ def open_study(
     )
     existing = study.get_trials(deepcopy=False)
     if not existing and config.seeding:
-        for label, params in seed_trials(ctx.model, ctx.spaces, ctx.layers, config):
+        seeds = seed_trials(
+            ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()
+        )
+        for label, params in seeds:
             study.enqueue_trial(params, user_attrs={SEED_ATTR: label})
         logger.info("enqueued %d EVBMF seed trials", len(study.get_trials(deepcopy=False)))
-    for trial in existing:
+    for trial in existing if fail_running else ():
         if trial.state == TrialState.RUNNING:
             study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.training._device import resolve_device
-from worker.training._evaluate import EvalResult, evaluate
+from worker.training._evaluate import EvalResult, evaluate, predict_logits
 from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
 from worker.training._schedules import SCHEDULE_KINDS, ScheduleConfig, ScheduleKind, lr_at
@@ -25,6 +25,7 @@ __all__ = [
     "evaluate",
     "finetune",
     "lr_at",
+    "predict_logits",
     "resolve_device",
     "train",
 ]

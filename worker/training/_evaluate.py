@@ -93,3 +93,26 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def predict_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device = "auto",
+) -> torch.Tensor:
+    """``model``'s float32 logits for every row of ``x``, in eval mode, gathered on the CPU.
+
+    Used to compute a teacher's soft targets once for distillation (see ``finetune``).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    target = resolve_device(device)
+    model.to(target)
+    chunks = []
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, int(x.shape[0]), batch_size):
+            xb = x[start : start + batch_size].to(target, non_blocking=True)
+            chunks.append(model(xb).float().cpu())  # (B, num_classes)
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -41,6 +42,9 @@ def finetune(
     callback: EpochCallback | None = None,
     max_steps: int | None = None,
     label_smoothing: float = 0.0,
+    teacher_logits: torch.Tensor | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 2.0,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data``'s training split, following ``schedule``.
 
@@ -76,6 +80,12 @@ def finetune(
         max_steps: stop after this many optimizer steps in total (status ``completed``); the
             partial epoch is still evaluated and reported.
         label_smoothing: passed to ``cross_entropy`` for the training loss, in [0, 1).
+        teacher_logits: the original model's logits on the training split, one row per
+            training example (``(n_train, num_classes)``), for knowledge distillation (Hinton
+            et al. 2015). Computed once by the caller, since the teacher never changes.
+        distill_weight: weight ``a`` in ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T ||
+            student_T)``, in [0, 1]; 0 (the default) trains on the labels alone.
+        temperature: ``T`` above, > 0, softening both distributions.
     """
     _validate(
         data,
@@ -89,6 +99,7 @@ def finetune(
         max_steps=max_steps,
         label_smoothing=label_smoothing,
     )
+    distill = _validate_distillation(data, teacher_logits, distill_weight, temperature)
     target = resolve_device(device)
     model.to(target)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -96,7 +107,7 @@ def finetune(
         raise ValueError("model has no trainable parameters")
     opt = _make_optimizer(params, optimizer, schedule, momentum, weight_decay)
     bounds = _batch_bounds(int(data.y_train.shape[0]), batch_size)
-    run = _Run(model, data, schedule, opt, bounds, target, label_smoothing, max_steps)
+    run = _Run(model, data, schedule, opt, bounds, target, label_smoothing, max_steps, distill)
     started = time.perf_counter()
     try:
         with _seeded(seed, target):
@@ -132,8 +143,10 @@ class _Run:
         device: torch.device,
         label_smoothing: float,
         max_steps: int | None,
+        distill: _Distillation | None = None,
     ) -> None:
         self.model = model
+        self.distill = distill
         self.data = data
         self.schedule = schedule
         self.opt = opt
@@ -199,6 +212,8 @@ class _Run:
                 group["lr"] = lr
             logits = self.model(xb)  # (B, num_classes)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
+            if self.distill is not None:
+                loss = self.distill.mix(loss, logits.float(), idx)
             value = float(loss.detach())
             if not math.isfinite(value):
                 return (
@@ -271,6 +286,50 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+@dataclass(frozen=True)
+class _Distillation:
+    """Soft targets of the teacher and how much they weigh against the labels."""
+
+    logits: torch.Tensor  # (n_train, num_classes), on the CPU
+    weight: float
+    temperature: float
+
+    def mix(self, hard_loss: torch.Tensor, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        target = F.log_softmax(self.logits[idx].to(logits.device) / t, dim=1)  # (B, C)
+        soft = F.kl_div(
+            F.log_softmax(logits / t, dim=1), target, reduction="batchmean", log_target=True
+        )
+        return (1.0 - self.weight) * hard_loss + self.weight * (t * t) * soft
+
+
+def _validate_distillation(
+    data: DataBundle,
+    teacher_logits: torch.Tensor | None,
+    weight: float,
+    temperature: float,
+) -> _Distillation | None:
+    if not _is_real(weight) or not 0 <= weight <= 1:
+        raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
+    if not _is_real(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if teacher_logits is None:
+        if weight > 0:
+            raise ValueError("distill_weight > 0 needs teacher_logits")
+        return None
+    n_train = int(data.y_train.shape[0])
+    if teacher_logits.ndim != 2 or int(teacher_logits.shape[0]) != n_train:
+        raise ValueError(
+            f"teacher_logits must have shape (n_train={n_train}, num_classes), "
+            f"got {tuple(teacher_logits.shape)}"
+        )
+    if not bool(torch.isfinite(teacher_logits).all()):
+        raise ValueError("teacher_logits contain NaN or infinity")
+    if weight == 0:
+        return None
+    return _Distillation(teacher_logits.detach().float().cpu(), float(weight), float(temperature))
 
 
 def _validate(

@@ -1,0 +1,191 @@
+"""A job's inputs as a worker reads them: spec → search config, model, weights, data.
+
+Everything the user supplied is checked here, and a problem with it is a :class:`BadInput`
+whose message says what to fix. Uploaded files are read only from the upload folder, weights
+only as safetensors or ``torch.load(weights_only=True)``, server-side data only under the
+allowed data roots, and model factories only from the allow-list.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from torch import nn
+
+from service.artifacts import PathEscapeError, confined
+from service.settings import Settings
+from service.spec import JobSpec
+from service.store import JobRecord
+from worker.data import DataBundle, DataLimits, DatasetError, load_dataset
+from worker.search import SearchConfig
+from worker.training import ScheduleConfig
+from worker.weights import WeightsError, load_weights, read_state_dict
+from worker.zoo import ZooError, get_model
+
+__all__ = [
+    "BadInput",
+    "JobInputs",
+    "data_limits",
+    "load_inputs",
+    "parse_spec",
+    "search_config_from_spec",
+    "upload_path",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class BadInput(ValueError):
+    """The job cannot run with what the user supplied; the message says what to change."""
+
+    code = "bad_input"
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job's spec and uploads turn into."""
+
+    model: nn.Module
+    data: DataBundle
+    arch: dict[str, Any]  # {"arch": name, "kwargs": {...}}, as checkpoints record it
+
+
+def parse_spec(raw: Any) -> JobSpec:
+    """Validate the stored spec of a job."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise BadInput(f"the job spec is invalid: {problems}") from None
+
+
+def search_config_from_spec(
+    spec: JobSpec, device: str, *, trials: int | None = None
+) -> SearchConfig:
+    """The :class:`SearchConfig` (and its schedule) of a job spec, run on ``device``.
+
+    ``trials`` overrides the spec's count (the job record's ``trials_total`` is the budget).
+
+    Raises:
+        BadInput: a value the search refuses (e.g. a method name that is not registered).
+    """
+    from tensorops import list_methods
+
+    methods = tuple(spec.methods) if spec.methods is not None else None
+    if methods is not None:
+        unknown = sorted(set(methods) - set(list_methods()))
+        if unknown:
+            raise BadInput(
+                f"methods: {unknown} are not decomposition methods; choose from {list_methods()}"
+            )
+    sched = spec.schedule
+    try:
+        schedule = ScheduleConfig(
+            kind=sched.kind,
+            base_lr=sched.max_lr if sched.kind == "constant" else sched.base_lr,
+            max_lr=sched.max_lr,
+            cycle_epochs=sched.cycle_epochs,
+        )
+        return SearchConfig(
+            trials=trials if trials is not None else spec.trials,
+            timeout_s=spec.timeout_s,
+            max_accuracy_drop=spec.max_accuracy_drop,
+            objective=spec.objective,
+            pareto=spec.pareto,
+            sampler=spec.sampler,
+            pruner=spec.pruner,
+            seed=spec.seed,
+            seeding=spec.seeding,
+            methods=methods,
+            rank_scale=(float(spec.rank_scale[0]), float(spec.rank_scale[1])),
+            rank_multiple=spec.rank_multiple,
+            epochs_per_trial=spec.epochs_per_trial,
+            final_epochs=spec.final_epochs,
+            distill_weight=spec.distill_weight,
+            temperature=spec.temperature,
+            verify_top=spec.verify_top,
+            verify_slack=spec.verify_slack,
+            schedule=schedule,
+            optimizer=spec.optimizer,
+            batch_size=spec.batch_size,
+            device=device,
+        )
+    except ValueError as exc:
+        raise BadInput(f"the job spec is invalid: {exc}") from None
+
+
+def upload_path(settings: Settings, stored: str, what: str) -> Path:
+    """The uploaded file ``stored`` (as the job records it: relative to the upload folder, or
+    absolute inside it), confined to the upload folder.
+
+    Raises:
+        BadInput: the path leaves the upload folder or the file is missing.
+    """
+    root = settings.resolved_upload_dir.resolve()
+    path = Path(stored)
+    try:
+        relative = path.resolve().relative_to(root) if path.is_absolute() else path
+        target = confined(root, *relative.parts)
+    except (ValueError, PathEscapeError):
+        raise BadInput(
+            f"the uploaded {what} file is not inside the upload folder; upload it again with "
+            "the job"
+        ) from None
+    if not target.is_file():
+        raise BadInput(f"the uploaded {what} file is missing; submit the job again with it")
+    return target
+
+
+def data_limits(settings: Settings) -> DataLimits:
+    """The data size limits of ``settings`` (``max_dataset_bytes`` caps file and arrays)."""
+    default = DataLimits()
+    return DataLimits(
+        max_file_bytes=min(default.max_file_bytes, settings.max_dataset_bytes),
+        max_decoded_bytes=settings.max_dataset_bytes,
+    )
+
+
+def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
+    """Load the job's data, build its model and load its weights.
+
+    Raises:
+        BadInput: unreadable or unsafe weights, weights that do not fit ``arch``, unknown or
+            disallowed ``arch``, unusable data, or files outside their folders.
+    """
+    if spec.needs_dataset_upload:
+        if not job.dataset_path:
+            raise BadInput("dataset is 'upload' but no dataset file was sent with the job")
+        source = str(upload_path(settings, job.dataset_path, "dataset"))
+    else:
+        source = spec.dataset
+    try:
+        data = load_dataset(
+            source,
+            seed=spec.seed,
+            allowed_roots=settings.allowed_data_roots,
+            limits=data_limits(settings),
+        )
+    except DatasetError as exc:
+        raise BadInput(f"dataset: {exc}") from None
+    kwargs: dict[str, Any] = {"num_classes": spec.num_classes or data.num_classes}
+    if spec.arch.startswith("rankopt:"):
+        kwargs["in_channels"] = data.input_shape[0]
+    try:
+        model = get_model(spec.arch, allowed_factories=settings.allowed_factories, **kwargs)
+    except ZooError as exc:
+        raise BadInput(f"arch: {exc}") from None
+    weights = upload_path(settings, job.weights_path, "weights")
+    try:
+        load_weights(model, read_state_dict(weights))
+    except WeightsError as exc:
+        # The path is the server's; the user knows the file as "the weights".
+        detail = str(exc).replace(str(weights), "the weights file")
+        raise BadInput(f"weights ({spec.arch}): {detail}") from None
+    return JobInputs(model=model.eval(), data=data, arch={"arch": spec.arch, "kwargs": kwargs})
