@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +185,7 @@ def make_engine(
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+                mode = _switch_to_wal(cursor, busy_timeout_s)
                 if mode is None or str(mode[0]).lower() != "wal":
                     logger.warning(
                         "SQLite database %s could not switch to WAL journal mode (got %r); "
@@ -203,6 +205,26 @@ def make_engine(
         conn.exec_driver_sql("BEGIN" if mode == "DEFERRED" else f"BEGIN {mode}")
 
     return engine
+
+
+def _switch_to_wal(cursor: Any, busy_timeout_s: float) -> Any:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the file.
+
+    Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once instead of calling the busy handler when connections race to do it (e.g.
+    an API and workers starting together on a new database). Once one of them has switched,
+    the mode is persistent and the others see ``wal`` straight away.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.005
+    while True:
+        try:
+            return cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
 
 
 def read_only(engine: Engine) -> Engine:

@@ -46,6 +46,9 @@ class DecompositionMethod(ABC):
     name: ClassVar[str]
     rank_names: ClassVar[tuple[str, ...]]
     summary: ClassVar[str]
+    #: Whether a search that names no methods offers this one in the per-layer choice. Families
+    #: that need more trials to pay off (TT, BTD, ...) are opt-in: name them in ``methods``.
+    in_default_search: ClassVar[bool] = True
 
     @abstractmethod
     def refusal(self, module: nn.Module) -> str | None: ...

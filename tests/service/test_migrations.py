@@ -243,3 +243,32 @@ def test_concurrent_upgrades(db_url: str) -> None:
         t.join(timeout=60)
     assert errors == []
     assert _tables(db_url) == OUR_TABLES | {VERSION_TABLE}
+
+
+def test_sqlite_engines_racing_to_switch_a_new_file_to_wal(tmp_path: Path) -> None:
+    # SQLite answers "database is locked" at once (no busy wait) to connections racing to turn
+    # a fresh file into WAL mode; make_engine must wait for the winner instead of failing.
+    errors: list[BaseException] = []
+    for attempt in range(30):
+        url = f"sqlite:///{tmp_path}/race{attempt}.db"
+        barrier = threading.Barrier(6)
+
+        def connect(url: str = url, barrier: threading.Barrier = barrier) -> None:
+            engine = make_engine(url)
+            try:
+                barrier.wait(timeout=30)
+                with engine.begin() as connection:
+                    connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+                    mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+                    assert str(mode).lower() == "wal"
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=connect) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert errors == []

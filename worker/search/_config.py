@@ -26,7 +26,7 @@ class SearchConfig:
     to at least ``min_rank_fraction`` of the layer's largest rank (EVBMF gives 0 for a layer it
     sees as noise). ``rank_multiple`` rounds ranks (8 suits tensor cores). ``seeding`` enqueues
     the EVBMF plans first; ``methods`` limits the per-layer choice (None = every registered
-    method that applies, plus keep). Seed plans other than the pure Kim et al. one keep dense
+    method that applies and is ``in_default_search``, plus keep). Seed plans other than the pure Kim et al. one keep dense
     every layer holding less than ``seed_min_share`` of the model's cost (decomposing them
     saves little and can cost much accuracy). Sensitivity seeds: each layer is decomposed alone
     at ``sensitivity_points`` rank scales (geometric over ``rank_scale``) and evaluated on up to

@@ -46,6 +46,8 @@ def build_space(
         names = applicable_methods(module)
         if config.methods is not None:
             names = [n for n in names if n in config.methods]
+        else:
+            names = [n for n in names if get_method(n).in_default_search]
         if not names:
             continue
         seeds: dict[str, tuple[int, ...]] = {}
