@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean deploy-tools
+.PHONY: demo test lint bench install clean deploy-tools browser-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,17 @@ deploy-tools:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1; }; } || \
 	  echo "docker-compose could not be installed; the docker-compose.yml tests will be skipped"
 
-test: lint deploy-tools
+# tests/e2e/test_browser.py drives Debian's Chromium headless through chromedriver: install both
+# when missing. Never fails: without root or apt the browser tests are skipped with the reason.
+browser-tools:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } || \
+	  echo "chromium could not be installed; the browser tests will be skipped"
+
+test: lint deploy-tools browser-tools
 	bash .ci/pytest
 
 demo: $(STAMP)

@@ -24,6 +24,7 @@ __all__ = ["MIB", "Settings", "get_settings"]
 MIB = 1 << 20
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_DASHBOARD_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
 def _split_list(value: Any, separators: str) -> Any:
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
             process has two engines, the job store's and Optuna's; the API one).
         db_max_overflow: PostgreSQL: extra connections an engine may open under load.
         db_pool_recycle_seconds: PostgreSQL: replace connections older than this (0: never).
+        dashboard_url: base URL of an optuna-dashboard on the same database (e.g.
+            ``http://127.0.0.1:8080``); the web page links each job to its study there.
     """
 
     model_config = SettingsConfigDict(
@@ -87,6 +90,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_recycle_seconds: float = Field(default=1800.0, ge=0)
+    dashboard_url: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -96,6 +100,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 "database_url must be a SQLAlchemy URL such as 'sqlite:///./rankopt.db' or "
                 "'postgresql://user@host/db'"
+            )
+        return value
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _check_dashboard_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not _DASHBOARD_RE.match(value):
+            raise ValueError(
+                f"dashboard_url {value!r} must be an http:// or https:// URL such as "
+                "'http://127.0.0.1:8080'"
             )
         return value
 

@@ -89,4 +89,8 @@ def create_app(
     app.include_router(routes_jobs.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_health.router)
+    from service.web import dashboard_router, web_router  # here: service.web imports deps
+
+    app.include_router(dashboard_router)
+    app.include_router(web_router)  # the web page at / (static files, no build step)
     return app

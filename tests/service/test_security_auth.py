@@ -36,9 +36,14 @@ PROTECTED: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/v1/jobs/{job_id}/result"),
         ("GET", "/v1/jobs/{job_id}/artifacts"),
         ("GET", "/v1/jobs/{job_id}/artifacts/{name}"),
+        ("GET", "/v1/jobs/{job_id}/dashboard"),
     }
 )
-#: Routes that need no key: health, metrics, and the API's own documentation.
+#: The web page (service/web): public, out of the OpenAPI document; its calls need the key.
+WEB_PAGE: frozenset[tuple[str, str]] = frozenset(
+    {("GET", "/"), ("GET", "/static/app.js"), ("GET", "/static/style.css"), ("GET", "/ui/config")}
+)
+#: Routes that need no key: health, metrics, the API's own documentation and the web page.
 PUBLIC: frozenset[tuple[str, str]] = frozenset(
     {
         ("GET", "/healthz"),
@@ -48,6 +53,7 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/docs"),
         ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"),
+        *WEB_PAGE,
     }
 )
 #: The job-scoped routes: ``{job_id}`` in the path.
@@ -155,7 +161,7 @@ def test_the_tables_cover_every_route_of_the_app(api: TestClient) -> None:
     assert not any(path.startswith("/v1") for _, path in PUBLIC)
     spec = api.get("/openapi.json").json()
     documented = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
-    assert documented == served - {
+    assert documented == served - WEB_PAGE - {
         r for r in PUBLIC if r[1] in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
     }
 

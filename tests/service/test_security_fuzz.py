@@ -57,6 +57,7 @@ EXAMPLES: dict[tuple[str, str], int] = {
     ("GET", "/v1/jobs/{job_id}/result"): 200,
     ("GET", "/v1/jobs/{job_id}/artifacts"): 200,
     ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): 200,
+    ("GET", "/v1/jobs/{job_id}/dashboard"): 100,
     ("GET", "/healthz"): 1,
     ("GET", "/readyz"): 1,
     ("GET", "/metrics"): 1,

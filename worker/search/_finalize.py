@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tensorops import Plan, measure_cost, save_compressed
+from tensorops.methods import get_method
 from worker.search._config import SearchConfig
 from worker.search._context import SearchContext
 from worker.search._study import SEED_ATTR
@@ -190,13 +191,33 @@ def finalize(
     layer_plan: list[dict[str, Any]] = []
     for info in ctx.layers:
         choice = plan.get(info.name)
+        # Per-layer cost before/after (closed form of the method, equal to the built layer's).
+        before = {"params_before": info.params, "macs_before": info.macs}
         if choice is not None and not choice.keeps:
+            after = get_method(choice.method).cost(info, choice.ranks)
             layer_plan.append(
-                {"layer": info.name, "method": choice.method, "ranks": list(choice.ranks)}
+                {
+                    "layer": info.name,
+                    "method": choice.method,
+                    "ranks": list(choice.ranks),
+                    **before,
+                    "params_after": after.params,
+                    "macs_after": after.macs,
+                }
             )
         else:
             reason = info.reason if not info.compressible else "kept dense by the search"
-            layer_plan.append({"layer": info.name, "method": "keep", "ranks": [], "reason": reason})
+            layer_plan.append(
+                {
+                    "layer": info.name,
+                    "method": "keep",
+                    "ranks": [],
+                    "reason": reason,
+                    **before,
+                    "params_after": info.params,
+                    "macs_after": info.macs,
+                }
+            )
     report: dict[str, Any] = {
         "baseline": {
             "accuracy": ctx.baseline_accuracy,
