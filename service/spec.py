@@ -109,7 +109,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _check_methods(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
-            raise ValueError("methods must be omitted (all methods) or name at least one")
+            raise ValueError("methods must be omitted (the default families) or name at least one")
         return value
 
     @property

@@ -87,7 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--no-seeding", action="store_true", help="do not enqueue the EVBMF plans first"
     )
-    comp.add_argument("--methods", default=None, help="comma-separated subset, e.g. tucker2,svd")
+    comp.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated per-layer choices (default tucker2,cp,svd; the opt-in families "
+        "tt, qtt, qcp, ntt, btd, tt_conv, tt_tucker and prune join only when named)",
+    )
     comp.add_argument("--rank-scale", default="0.1,4.0", help="LOW,HIGH multiplier of EVBMF ranks")
     comp.add_argument(
         "--rank-multiple",

@@ -214,12 +214,35 @@ def test_space_offers_keep_and_only_applicable_methods() -> None:
     assert set(spaces) == {"spatial", "pointwise", "head"}
     for name, space in spaces.items():
         assert space.methods[0] == KEEP
-        assert space.methods[1:] == tuple(applicable_methods(model.get_submodule(name)))
+        default = [
+            m
+            for m in applicable_methods(model.get_submodule(name))
+            if get_method(m).in_default_search
+        ]
+        assert space.methods[1:] == tuple(default)
     assert {"tucker2", "cp", "svd"} <= set(spaces["spatial"].methods)
     for name in ("pointwise", "head"):
         assert "tucker2" not in spaces[name].methods
         assert "cp" not in spaces[name].methods
         assert "svd" in spaces[name].methods
+
+
+def test_opt_in_families_join_the_space_only_when_named() -> None:
+    model = Mixed()
+    layers = inventory(model, torch.randn(1, 3, 8, 8))
+    everything = sorted(
+        {
+            m
+            for name in ("spatial", "pointwise", "head")
+            for m in applicable_methods(model.get_submodule(name))
+        }
+    )
+    opt_in = [m for m in everything if not get_method(m).in_default_search]
+    assert opt_in, "no opt-in decomposition family applies to the test model"
+    default = build_space(model, layers, make_config())
+    assert not {m for s in default for m in s.methods} & set(opt_in)
+    named = build_space(model, layers, make_config(methods=tuple(everything)))
+    assert {m for s in named for m in s.methods} == {KEEP, *everything}
 
 
 def test_space_restricted_to_configured_methods() -> None:
