@@ -439,6 +439,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
                 if name in wanted:
                     for tol in tolerances:
                         info["at"][f"{tol:g}"][name] = baseline_at(rungs, tol)
+            save(results, args)
         for tol in tolerances:
             for variant in search_variants_for(cfg, seed, data, tol):
                 if variant.name not in wanted:
@@ -447,6 +448,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
                 run = run_variant(variant, model, data, arch_info, max_drop=tol)
                 info["runs"][f"{tol:g}"][variant.name] = run
                 info["at"][f"{tol:g}"][variant.name] = search_at(run)
+                save(results, args)
                 print(
                     f"    {run['params_ratio']:.2f}x params, drop "
                     f"{run['final_accuracy_drop']:.2f} pt, {run['wall_s']:.0f} s",
