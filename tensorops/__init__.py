@@ -5,12 +5,16 @@ Imports torch, tensorly and numpy only; nothing else of rankopt.
 
 from tensorops.checkpoint import load_compressed, read_manifest, save_compressed, weights_digest
 from tensorops.decompositions import (
+    BTDResult,
     CPResult,
     SVDResult,
+    TTResult,
     Tucker2Result,
+    btd,
     cp_als,
     mode_bases,
     truncated_svd,
+    tt_svd,
     tucker2,
 )
 from tensorops.evbmf import (
@@ -30,7 +34,18 @@ from tensorops.exceptions import (
 )
 from tensorops.export import ExportError, export_onnx, export_torchscript
 from tensorops.inventory import Cost, LayerInfo, inventory, measure_cost
-from tensorops.layers import CPConv2d, LowRankConv2d, LowRankLinear, Tucker2Conv2d
+from tensorops.layers import (
+    BTDConv2d,
+    CPConv2d,
+    LowRankConv2d,
+    LowRankLinear,
+    NormConv2d,
+    NormLinear,
+    Penalized,
+    TTConv2d,
+    TTTuckerConv2d,
+    Tucker2Conv2d,
+)
 from tensorops.methods import (
     KEEP,
     BuildContext,
@@ -41,11 +56,14 @@ from tensorops.methods import (
     register_method,
 )
 from tensorops.plan import Choice, Plan
+from tensorops.pruning import PrunedLayer, PruneResult, prune_channels
 from tensorops.surgery import compress, estimate_cost, validate_plan
 
 __all__ = [
     "DEFAULT_RANK_FLOOR",
     "KEEP",
+    "BTDConv2d",
+    "BTDResult",
     "BuildContext",
     "CPConv2d",
     "CPResult",
@@ -58,15 +76,24 @@ __all__ = [
     "LayerInfo",
     "LowRankConv2d",
     "LowRankLinear",
+    "NormConv2d",
+    "NormLinear",
     "NotCompressibleError",
+    "Penalized",
     "Plan",
     "PlanError",
+    "PruneResult",
+    "PrunedLayer",
     "RankError",
     "SVDResult",
+    "TTConv2d",
+    "TTResult",
+    "TTTuckerConv2d",
     "TensorOpsError",
     "Tucker2Conv2d",
     "Tucker2Result",
     "applicable_methods",
+    "btd",
     "clamp_rank",
     "compress",
     "cp_als",
@@ -81,10 +108,12 @@ __all__ = [
     "load_compressed",
     "measure_cost",
     "mode_bases",
+    "prune_channels",
     "read_manifest",
     "register_method",
     "save_compressed",
     "truncated_svd",
+    "tt_svd",
     "tucker2",
     "tucker2_ranks",
     "validate_plan",

@@ -96,15 +96,75 @@ def _hooks(
             handle.remove()
 
 
+#: Class attribute by which a factorised layer whose forward computes with matmuls or einsums
+#: (not through Conv2d/Linear children), such as the tensor-train layers, opts in to measured
+#: counting: :func:`measure_cost` runs its forward under ``torch.utils.flop_counter`` and counts
+#: half the matmul/conv FLOPs seen at the aten level, per example, instead of hooking its
+#: descendants. Elementwise work (bias, activations, padding) is not counted, as for Linear.
+COUNTS_MACS_BY_FLOPS = "counts_macs_by_flops"
+
+
+def _flop_counted(model: nn.Module) -> list[str]:
+    """Names of the outermost modules that opted in with :data:`COUNTS_MACS_BY_FLOPS`."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if getattr(module, COUNTS_MACS_BY_FLOPS, False) and not _inside(name, names):
+            names.append(name)
+    return names
+
+
+def _inside(name: str, roots: list[str]) -> bool:
+    return any(root == "" or name == root or name.startswith(root + ".") for root in roots)
+
+
+@contextmanager
+def _flop_hooks(model: nn.Module, names: list[str], add: Callable[[int], None]) -> Iterator[None]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    handles = []
+    modules = dict(model.named_modules())
+    for name in names:
+        counter = FlopCounterMode(display=False)
+
+        def enter(_mod: nn.Module, _inputs: object, counter: FlopCounterMode = counter) -> None:
+            counter.__enter__()
+
+        def leave(
+            _mod: nn.Module,
+            _inputs: object,
+            output: torch.Tensor,
+            counter: FlopCounterMode = counter,
+        ) -> None:
+            counter.__exit__(None, None, None)
+            batch = max(int(output.shape[0]), 1)
+            add(int(counter.get_total_flops()) // 2 // batch)
+
+        handles.append(modules[name].register_forward_pre_hook(enter))
+        handles.append(modules[name].register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
-    """Count parameters and per-example MACs of every Conv2d/Linear by running ``model`` once."""
+    """Count parameters and per-example MACs of every Conv2d/Linear by running ``model`` once.
+
+    Layers that set :data:`COUNTS_MACS_BY_FLOPS` are measured with a FLOP counter instead.
+    """
     macs = 0
+    flop_counted = _flop_counted(model)
 
-    def record(_name: str, module: nn.Module, _inp: torch.Tensor, out: torch.Tensor) -> None:
+    def add(count: int) -> None:
         nonlocal macs
-        macs += _layer_macs(module, out)
+        macs += count
 
-    with _hooks(model, record), torch.no_grad():
+    def record(name: str, module: nn.Module, _inp: torch.Tensor, out: torch.Tensor) -> None:
+        if not _inside(name, flop_counted):
+            add(_layer_macs(module, out))
+
+    with _hooks(model, record), _flop_hooks(model, flop_counted, add), torch.no_grad():
         _run(model, example_input)
     params = sum(p.numel() for p in model.parameters())
     return Cost(params=int(params), macs=int(macs))

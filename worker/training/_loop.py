@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensorops.layers import Penalized
 from worker.data import DataBundle
 from worker.training._device import resolve_device
 from worker.training._evaluate import EvalResult, evaluate
@@ -45,6 +46,7 @@ def finetune(
     teacher_logits: torch.Tensor | None = None,
     distill_weight: float = 0.0,
     temperature: float = 2.0,
+    penalty_weight: float = 0.0,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data``'s training split, following ``schedule``.
 
@@ -86,6 +88,10 @@ def finetune(
         distill_weight: weight ``a`` in ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T ||
             student_T)``, in [0, 1]; 0 (the default) trains on the labels alone.
         temperature: ``T`` above, > 0, softening both distributions.
+        penalty_weight: weight of the summed ``penalty()`` of every
+            :class:`tensorops.layers.Penalized` module (the L1 of the unit norms of
+            ``prune`` layers), added to the training loss and to the reported train loss;
+            >= 0. The default 0 leaves training as without such modules.
     """
     _validate(
         data,
@@ -100,6 +106,8 @@ def finetune(
         label_smoothing=label_smoothing,
     )
     distill = _validate_distillation(data, teacher_logits, distill_weight, temperature)
+    if not _is_real(penalty_weight) or penalty_weight < 0:
+        raise ValueError(f"penalty_weight must be a finite number >= 0, got {penalty_weight!r}")
     target = resolve_device(device)
     model.to(target)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,6 +116,7 @@ def finetune(
     opt = _make_optimizer(params, optimizer, schedule, momentum, weight_decay)
     bounds = _batch_bounds(int(data.y_train.shape[0]), batch_size)
     run = _Run(model, data, schedule, opt, bounds, target, label_smoothing, max_steps, distill)
+    run.penalty = _penalty(model, float(penalty_weight))
     started = time.perf_counter()
     try:
         with _seeded(seed, target):
@@ -159,6 +168,7 @@ class _Run:
         self.epochs_run = 0
         self.history: list[EpochReport] = []
         self._last_eval: EvalResult | None = None  # of the current weights, if known
+        self.penalty: Callable[[], torch.Tensor] | None = None
 
     def loop(
         self, epochs: int, seed: int, callback: EpochCallback | None
@@ -214,6 +224,8 @@ class _Run:
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
             if self.distill is not None:
                 loss = self.distill.mix(loss, logits.float(), idx)
+            if self.penalty is not None:
+                loss = loss + self.penalty()
             value = float(loss.detach())
             if not math.isfinite(value):
                 return (
@@ -246,6 +258,18 @@ class _Run:
 
     def _out_of_steps(self) -> bool:
         return self.max_steps is not None and self.step >= self.max_steps
+
+
+def _penalty(model: nn.Module, weight: float) -> Callable[[], torch.Tensor] | None:
+    """``weight`` times the summed penalties of ``model``'s Penalized modules, or None."""
+    modules = [m for m in model.modules() if isinstance(m, Penalized)]
+    if weight == 0 or not modules:
+        return None
+
+    def total() -> torch.Tensor:
+        return weight * torch.stack([m.penalty().float() for m in modules]).sum()
+
+    return total
 
 
 def _make_optimizer(
