@@ -245,6 +245,14 @@ def test_opt_in_families_join_the_space_only_when_named() -> None:
     assert {m for s in named for m in s.methods} == {KEEP, *everything}
 
 
+def test_pruning_is_never_offered_for_the_output_layer() -> None:
+    model = Mixed()
+    layers = inventory(model, torch.randn(1, 3, 8, 8))
+    spaces = {s.name: s for s in build_space(model, layers, make_config(methods=("svd", "prune")))}
+    assert "prune" not in spaces["head"].methods
+    assert "prune" in spaces["pointwise"].methods
+
+
 def test_space_restricted_to_configured_methods() -> None:
     model = Mixed()
     layers = inventory(model, torch.randn(1, 3, 8, 8))

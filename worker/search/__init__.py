@@ -9,7 +9,7 @@ from worker.search._finalize import (
     pareto_front,
     verification_candidates,
 )
-from worker.search._latency import measure_latency
+from worker.search._latency import measure_latency, measure_speedup
 from worker.search._objective import make_objective
 from worker.search._run import Progress, default_storage, run_search, run_trials
 from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
@@ -33,6 +33,7 @@ __all__ = [
     "finished_trials",
     "make_objective",
     "measure_latency",
+    "measure_speedup",
     "open_study",
     "pareto_front",
     "plan_from_params",

@@ -26,11 +26,12 @@ class SearchConfig:
     to at least ``min_rank_fraction`` of the layer's largest rank (EVBMF gives 0 for a layer it
     sees as noise). ``rank_multiple`` rounds ranks (8 suits tensor cores). ``seeding`` enqueues
     the EVBMF plans first; ``methods`` limits the per-layer choice (None = every registered
-    method that applies and is ``in_default_search``, plus keep). Seed plans other than the pure Kim et al. one keep dense
-    every layer holding less than ``seed_min_share`` of the model's cost (decomposing them
-    saves little and can cost much accuracy). Sensitivity seeds: each layer is decomposed alone
-    at ``sensitivity_points`` rank scales (geometric over ``rank_scale``) and evaluated on up to
-    ``sensitivity_samples`` validation examples without fine-tuning; for each budget in
+    method that applies and is ``in_default_search``, plus keep). Seed plans other than the
+    pure Kim et al. one keep dense every layer holding less than ``seed_min_share`` of the
+    model's cost (decomposing them saves little and can cost much accuracy). Sensitivity
+    seeds: each layer is decomposed alone at ``sensitivity_points`` rank scales (geometric
+    over ``rank_scale``) and evaluated on up to ``sensitivity_samples`` validation examples
+    without fine-tuning; for each budget in
     ``sensitivity_budgets`` (points) a seed takes every layer at the smallest scale within it.
     An empty ``sensitivity_budgets`` skips the analysis.
 
@@ -41,6 +42,13 @@ class SearchConfig:
     trials whose drop is within ``max_accuracy_drop + verify_slack``, most compressed first,
     are fine-tuned for ``final_epochs``; the first that meets the tolerance wins. A short
     trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it.
+
+    With ``objective="latency"`` the original's latency is the median of ``latency_repeats``
+    forward passes of a batch of ``latency_batch_size`` validation images (the batch size the
+    compressed model will serve: per-call overhead dominates at batch 1, arithmetic at large
+    batches, and which factorised layers pay off differs). A candidate's speed-up is measured
+    interleaved with the original, ``latency_repeats`` rounds (see
+    :func:`worker.search.measure_speedup`).
     """
 
     trials: int = 40
@@ -74,6 +82,8 @@ class SearchConfig:
     optimizer: Literal["sgd", "adamw"] = "adamw"
     batch_size: int = 128
     device: str = "auto"
+    latency_batch_size: int = 1
+    latency_repeats: int = 30
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -120,6 +130,11 @@ class SearchConfig:
             raise ValueError(f"verify_slack must be >= 0 points, got {self.verify_slack}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.latency_batch_size < 1 or self.latency_repeats < 1:
+            raise ValueError(
+                "latency_batch_size and latency_repeats must be >= 1, got "
+                f"{self.latency_batch_size} and {self.latency_repeats}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

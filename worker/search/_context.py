@@ -12,7 +12,7 @@ from torch import nn
 from tensorops import Cost, LayerInfo, Plan, compress, estimate_cost, inventory, measure_cost
 from worker.data import DataBundle
 from worker.search._config import SearchConfig
-from worker.search._latency import measure_latency
+from worker.search._latency import measure_latency, measure_speedup
 from worker.search._sensitivity import layer_sensitivity
 from worker.search._space import LayerSpace, build_space
 from worker.training import (
@@ -45,6 +45,7 @@ class SearchContext:
     teacher_logits: torch.Tensor | None = None  # (n_train, classes), for distillation
     sensitivity: dict[str, list[tuple[float, float]]] | None = None  # see seed_sensitivity
     cache: dict[tuple[object, ...], object] = field(default_factory=dict)
+    latency_example: torch.Tensor | None = None  # config.latency_batch_size images
 
     def seed_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
         """Per-layer sensitivity for the seed plans, scanned on first use.
@@ -112,7 +113,21 @@ class SearchContext:
         )
 
     def latency(self, model: nn.Module) -> float:
-        return measure_latency(model, self.example, device=self.device)
+        """Seconds per forward pass of the latency batch, in the baseline's conditions.
+
+        With a measured baseline (objective ``latency``) this is ``baseline_latency`` divided
+        by ``model``'s speed-up over the original, the two timed interleaved
+        (:func:`measure_speedup`), so that a change in machine load between the baseline's
+        measurement and this one does not pass for a faster or slower model. Without one, a
+        plain median.
+        """
+        example = self.latency_example if self.latency_example is not None else self.example
+        repeats = self.config.latency_repeats
+        if self.baseline_latency is None:
+            return measure_latency(model, example, device=self.device, repeats=repeats)
+        speedup = measure_speedup(self.model, model, example, device=self.device, repeats=repeats)
+        self.model.to("cpu")
+        return self.baseline_latency / max(speedup, 1e-12)
 
 
 def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchContext:
@@ -125,9 +140,12 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
     model = model.to("cpu")
     layers = inventory(model, example)
     spaces = build_space(model, layers, config)
-    latency = (
-        measure_latency(model, example, device=device) if config.objective == "latency" else None
-    )
+    timing_example = batch_of(data, config.latency_batch_size)
+    latency = None
+    if config.objective == "latency":
+        latency = measure_latency(
+            model, timing_example, device=device, repeats=config.latency_repeats
+        )
     teacher = None
     if config.distill_weight > 0:
         teacher = predict_logits(model, data.x_train, device=device)
@@ -152,4 +170,12 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
         baseline_cost=measure_cost(model, example),
         baseline_latency=latency,
         teacher_logits=teacher,
+        latency_example=timing_example,
     )
+
+
+def batch_of(data: DataBundle, batch: int) -> torch.Tensor:
+    """``batch`` validation images for timing (the split repeated when it holds fewer)."""
+    x = data.x_val
+    copies = -(-batch // max(int(x.shape[0]), 1))
+    return x.repeat(copies, *([1] * (x.dim() - 1)))[:batch].clone()

@@ -37,8 +37,14 @@ class LayerSpace:
 def build_space(
     model: nn.Module, layers: list[LayerInfo], config: SearchConfig
 ) -> list[LayerSpace]:
-    """EVBMF-seeded choices for every compressible layer of ``model``."""
+    """EVBMF-seeded choices for every compressible layer of ``model``.
+
+    Structured pruning (``prune``) is never offered for the last layer the forward pass
+    reaches: removing its output units would remove classes.
+    """
     spaces = []
+    reached = [info.name for info in layers if info.macs > 0]
+    last = reached[-1] if reached else None
     for info in layers:
         if not info.compressible:
             continue
@@ -48,6 +54,8 @@ def build_space(
             names = [n for n in names if n in config.methods]
         else:
             names = [n for n in names if get_method(n).in_default_search]
+        if info.name == last:
+            names = [n for n in names if n != "prune"]
         if not names:
             continue
         seeds: dict[str, tuple[int, ...]] = {}
