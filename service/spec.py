@@ -66,6 +66,7 @@ class JobSpec(BaseModel):
     methods: list[str] | None = None
     rank_scale: tuple[float, float] = (0.1, 4.0)
     rank_multiple: int = Field(default=1, ge=1, le=1024)
+    latency_batch_size: int = Field(default=1, ge=1, le=4096)
     epochs_per_trial: int = Field(default=3, ge=1, le=1000)
     final_epochs: int = Field(default=10, ge=0, le=10_000)
     distill_weight: float = Field(default=0.5, ge=0, le=1)

@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--rank-scale", default="0.1,4.0", help="LOW,HIGH multiplier of EVBMF ranks")
     comp.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="batch size the latency objective times (default 1)",
+    )
+    comp.add_argument(
         "--rank-multiple",
         type=int,
         default=1,
@@ -244,6 +250,7 @@ def _config(args: argparse.Namespace) -> Any:
             methods=methods,
             rank_scale=(low, high),
             rank_multiple=args.rank_multiple,
+            latency_batch_size=args.latency_batch,
             epochs_per_trial=args.epochs_per_trial,
             final_epochs=args.final_epochs,
             distill_weight=args.distill,

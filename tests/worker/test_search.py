@@ -926,3 +926,56 @@ def test_stop_during_a_trial_does_not_use_up_the_budget(
             ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()
         )
     )
+
+
+def test_latency_seeds_keep_measured_slow_layers_dense(ctx: SearchContext) -> None:
+    plain = seed_trials(ctx.model, ctx.spaces, ctx.layers, ctx.config)
+    # Synthetic measurements: every method is slower than dense on the first layer and
+    # faster on the others (the timing itself is exercised in bench/bench_latency.py).
+    first = ctx.spaces[0].name
+    speedups = {
+        s.name: {m: (0.5 if s.name == first else 3.0 if m == "cp" else 1.2) for m in s.methods[1:]}
+        for s in ctx.spaces
+    }
+    seeds = seed_trials(ctx.model, ctx.spaces, ctx.layers, ctx.config, speedups=speedups)
+    assert seeds[0] == plain[0]  # the pure Kim et al. seed is left as it is
+    labels = [label for label, _ in seeds]
+    assert labels[1] == "latency-fastest"
+    output = [i.name for i in ctx.layers if i.macs > 0][-1]
+    fastest = seeds[1][1]
+    for space in ctx.spaces:
+        chosen = fastest[space.method_param]
+        if space.name in (first, output):
+            assert chosen == KEEP
+        else:
+            assert chosen == max(speedups[space.name], key=lambda m: speedups[space.name][m])
+    for label, params in seeds[1:]:
+        assert params[f"{first}.method"] == KEEP, label
+
+
+def test_capture_inputs_and_layer_speedups_cover_every_method(ctx: SearchContext) -> None:
+    from worker.search._layer_latency import capture_inputs, layer_speedups
+
+    example = ctx.data.x_val[:4]
+    names = [s.name for s in ctx.spaces]
+    inputs = capture_inputs(ctx.model, names, example, torch.device("cpu"))
+    for info in ctx.layers:
+        if info.name in inputs and info.kind == "conv2d":
+            assert inputs[info.name].shape[:2] == (4, info.in_channels)
+    speeds = layer_speedups(ctx.model, ctx.spaces, example, device=torch.device("cpu"), repeats=2)
+    assert set(speeds) == set(names)
+    for space in ctx.spaces:
+        assert set(speeds[space.name]) == set(space.methods[1:])
+        assert all(v > 0 and math.isfinite(v) for v in speeds[space.name].values())
+
+
+def test_candidates_no_smaller_than_the_original_are_never_verified() -> None:
+    study = optuna.create_study(direction="maximize")
+    for ratio, drop in [(0.9, 0.1), (1.0, 0.0), (2.0, 0.2), (3.0, 5.0)]:
+        trial = optuna.trial.create_trial(
+            value=ratio,
+            user_attrs={"compression": ratio, "accuracy_drop": drop, "plan": {}},
+        )
+        study.add_trial(trial)
+    picked = verification_candidates(study, make_config(max_accuracy_drop=1.0))
+    assert [t.user_attrs["compression"] for t in picked] == [2.0]

@@ -13,6 +13,7 @@ from tensorops import Cost, LayerInfo, Plan, compress, estimate_cost, inventory,
 from worker.data import DataBundle
 from worker.search._config import SearchConfig
 from worker.search._latency import measure_latency, measure_speedup
+from worker.search._layer_latency import layer_speedups
 from worker.search._sensitivity import layer_sensitivity
 from worker.search._space import LayerSpace, build_space
 from worker.training import (
@@ -46,6 +47,7 @@ class SearchContext:
     sensitivity: dict[str, list[tuple[float, float]]] | None = None  # see seed_sensitivity
     cache: dict[tuple[object, ...], object] = field(default_factory=dict)
     latency_example: torch.Tensor | None = None  # config.latency_batch_size images
+    speedups: dict[str, dict[str, float]] | None = None  # see seed_speedups
 
     def seed_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
         """Per-layer sensitivity for the seed plans, scanned on first use.
@@ -68,6 +70,28 @@ class SearchContext:
                 )
                 self.model.to("cpu")
         return self.sensitivity
+
+    def seed_speedups(self) -> dict[str, dict[str, float]]:
+        """Per-layer speed of each method against the dense layer, timed on first use.
+
+        Only for the latency objective with seeding (see
+        :mod:`worker.search._layer_latency`); empty otherwise.
+        """
+        if self.speedups is None:
+            config = self.config
+            self.speedups = {}
+            if config.seeding and config.objective == "latency":
+                example = self.latency_example if self.latency_example is not None else self.example
+                self.speedups = layer_speedups(
+                    self.model,
+                    self.spaces,
+                    example,
+                    device=self.device,
+                    repeats=config.latency_repeats,
+                    seed=config.seed,
+                    cache=self.cache,
+                )
+        return self.speedups
 
     def plan_cost(self, plan: Plan) -> Cost:
         return estimate_cost(self.layers, plan, total=self.baseline_cost)

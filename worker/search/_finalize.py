@@ -55,15 +55,20 @@ def verification_candidates(study: optuna.Study, config: SearchConfig) -> list[F
 
     The ``verify_top`` most compressed completed trials within ``max_accuracy_drop +
     verify_slack``, then the best trial within the tolerance itself if it is not among them.
+    A trial whose compression is not above 1 (for the latency objective: a plan measured no
+    faster than the original) is never a candidate: the original model is better.
     """
     near = [
         t
         for t in study.get_trials(deepcopy=False)
         if feasible(t, config.max_accuracy_drop + config.verify_slack)
+        and t.user_attrs["compression"] > 1.0
     ]
     near.sort(key=lambda t: (-t.user_attrs["compression"], t.number))
     picked = near[: config.verify_top]
     best = best_feasible(study, config.max_accuracy_drop)
+    if best is not None and best.user_attrs["compression"] <= 1.0:
+        best = None
     if best is not None and all(t.number != best.number for t in picked):
         picked.append(best)
     return picked

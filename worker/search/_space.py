@@ -134,6 +134,7 @@ def seed_trials(
     config: SearchConfig,
     *,
     sensitivity: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    speedups: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The EVBMF plans enqueued before the sampler takes over, each with a label.
 
@@ -146,7 +147,11 @@ def seed_trials(
        smallest rank scale whose solo drop before fine-tuning is within ``b`` points (dense
        when none is); identical plans are enqueued once;
     4. ``evbmf-tucker2-x<f>``: the first at 0.5x and 1.5x the EVBMF ranks (those inside
-       ``rank_scale``).
+       ``rank_scale``);
+    5. with ``speedups`` (latency objective, see :mod:`worker.search._layer_latency`):
+       ``latency-fastest``, every layer with its fastest method when that beats the dense
+       layer, dense otherwise; and seeds 2 to 4 keep dense every layer whose method was
+       measured slower than the dense layer.
 
     The output layer (the last one the forward pass reaches) stays dense in every seed, as in
     Kim et al.: its EVBMF rank is often below the number of classes. Seeds 2 to 4 also keep
@@ -199,4 +204,35 @@ def seed_trials(
         if low <= factor <= high:
             scaled = {k: (factor if k.endswith(".rank_scale") else v) for k, v in trimmed.items()}
             seeds.append((f"evbmf-tucker2-x{factor:g}", scaled))
+    if speedups:
+        seeds = _avoid_slow_layers(seeds, spaces, speedups, output, unit)
     return seeds
+
+
+def _avoid_slow_layers(
+    seeds: list[tuple[str, dict[str, Any]]],
+    spaces: list[LayerSpace],
+    speedups: Mapping[str, Mapping[str, float]],
+    output: str | None,
+    unit: float,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Seeds after the first keep measured-slow layers dense; add ``latency-fastest``."""
+    out = [seeds[0]]
+    for label, params in seeds[1:]:
+        fixed = dict(params)
+        for space in spaces:
+            method = fixed[space.method_param]
+            if method != KEEP and speedups.get(space.name, {}).get(method, 2.0) < 1.0:
+                fixed[space.method_param] = KEEP
+        if all(fixed != other for _, other in out):
+            out.append((label, fixed))
+    fastest: dict[str, Any] = {}
+    for space in spaces:
+        speeds = speedups.get(space.name, {})
+        best = max(speeds, key=lambda m: speeds[m]) if speeds else None
+        ok = best is not None and space.name != output and speeds[best] > 1.0
+        fastest[space.method_param] = best if ok else KEEP
+        fastest[space.scale_param] = unit
+    if all(fastest != other for _, other in out):
+        out.insert(1, ("latency-fastest", fastest))
+    return out

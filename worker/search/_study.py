@@ -96,7 +96,12 @@ def open_study(
     existing = study.get_trials(deepcopy=False)
     if not existing and config.seeding:
         seeds = seed_trials(
-            ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()
+            ctx.model,
+            ctx.spaces,
+            ctx.layers,
+            config,
+            sensitivity=ctx.seed_sensitivity(),
+            speedups=ctx.seed_speedups(),
         )
         for label, params in seeds:
             study.enqueue_trial(params, user_attrs={SEED_ATTR: label})
