@@ -979,3 +979,32 @@ def test_candidates_no_smaller_than_the_original_are_never_verified() -> None:
         study.add_trial(trial)
     picked = verification_candidates(study, make_config(max_accuracy_drop=1.0))
     assert [t.user_attrs["compression"] for t in picked] == [2.0]
+
+
+OPT_IN = ("tt", "qtt", "qcp", "ntt", "btd", "tt_conv", "tt_tucker", "prune")
+
+
+def test_search_picks_the_opt_in_families_and_saves_a_loadable_model(
+    model: nn.Module, data: DataBundle, tmp_path: Path
+) -> None:
+    # Random sampling over the opt-in families only, tolerance lifted: the most compressed plan
+    # wins, whatever its accuracy; what is checked is that these methods go through the
+    # whole search (trials, finalise, checkpoint) like the default ones.
+    config = quick_config(
+        methods=OPT_IN, sampler="random", seeding=False, trials=4, max_accuracy_drop=100.0
+    )
+    ctx, study, result = memory_search(model, data, config, tmp_path)
+    offered = {m for s in ctx.spaces for m in s.methods} - {KEEP}
+    assert offered and offered <= set(OPT_IN)
+    used = {
+        choice["method"]
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE
+        for choice in t.user_attrs["plan"].values()
+    }
+    assert used & set(OPT_IN)
+    assert result.report["found_feasible"]
+    chosen = [layer["method"] for layer in result.report["layers"] if layer["method"] != KEEP]
+    assert chosen and set(chosen) <= set(OPT_IN)
+    loaded = load_compressed(result.checkpoint)
+    assert evaluate(loaded, data, device="cpu").accuracy == result.report["final"]["accuracy"]
