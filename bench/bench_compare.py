@@ -494,6 +494,36 @@ def report(results: dict[str, Any]) -> None:
     print_efficiency(results)
 
 
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same architecture and seeds made by separate commands
+    (e.g. the 0.5-point searches run after the 1-point ones); baselines are read again at
+    every tolerance from their evaluated plans."""
+    if len({part["arch"] for part in parts}) != 1:
+        raise SystemExit("--merge: the files hold different architectures")
+    out = json.loads(json.dumps(parts[0]))
+    for part in parts[1:]:
+        out["tolerances"] += [t for t in part["tolerances"] if t not in out["tolerances"]]
+        out["methods"] = sorted(set(out["methods"]) | set(part["methods"]))
+        out["total_seconds"] = out.get("total_seconds", 0) + part.get("total_seconds", 0)
+        for seed, info in part["seeds"].items():
+            mine = out["seeds"].setdefault(seed, info)
+            if mine is info:
+                continue
+            if abs(mine["baseline_accuracy"] - info["baseline_accuracy"]) > 1e-12:
+                raise SystemExit(f"--merge: seed {seed} starts from different models")
+            for key in ("runs", "at"):
+                for tol, runs in info[key].items():
+                    mine[key].setdefault(tol, {}).update(runs)
+            if "baselines" in info and "baselines" not in mine:
+                mine["baselines"] = info["baselines"]
+    for info in out["seeds"].values():
+        for name, rungs in info.get("baselines", {}).items():
+            for tol in out["tolerances"]:
+                info["at"].setdefault(f"{tol:g}", {})[name] = baseline_at(rungs, tol)
+    out.pop("efficiency", None)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=list(DEFAULT_ARCHS))
@@ -506,7 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budget, a smoke test")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--report", nargs="+", default=None, help="reprint saved JSON files")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="combine saved JSON files of one architecture (written to --out) and report",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = merge([json.loads(Path(name).read_text()) for name in args.merge])
+        merged["efficiency"] = efficiency(merged)
+        path = save(merged, args)
+        plot(merged, path.with_suffix(".png"))
+        report(merged)
+        print(f"\nMerged results written to {path}")
+        return 0
     if args.report:
         for name in args.report:
             report(json.loads(Path(name).read_text()))
