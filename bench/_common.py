@@ -139,3 +139,30 @@ def fmt_seconds(seconds: float | None) -> str:
 
 def fmt_error(error: float | None) -> str:
     return "-" if error is None else f"{error:.5f}"
+
+
+def print_machine(
+    machine: dict[str, Any],
+    vers: dict[str, str],
+    *,
+    heading: str = "Machine and versions",
+    threads_label: str = "torch.get_num_threads()",
+) -> None:
+    """Print the machine (CPU, cores, threads, load, CPU pressure) and versions as a table."""
+    import optuna
+
+    print(f"\n## {heading}\n")
+    pressure = machine["cpu_pressure"]
+    rows: list[list[object]] = [
+        ["CPU", machine["cpu"]],
+        ["cores", machine["cores"]],
+        [threads_label, machine["torch_threads"]],
+        ["load average (1/5/15 min)", " ".join(f"{v:.2f}" for v in machine["load_average_1_5_15"])],
+        [
+            "CPU pressure, PSI some avg10/60/300 (%)",
+            " ".join(f"{v:.1f}" for v in pressure.values()) or "-",
+        ],
+        ["optuna", optuna.__version__],
+    ]
+    rows.extend([name, version] for name, version in vers.items())
+    print(markdown_table(["", ""], rows))

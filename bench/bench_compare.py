@@ -56,14 +56,13 @@ from typing import Any
 
 import optuna
 import torch
-from _common import cpu_pressure, machine_info, markdown_table, versions
+from _common import cpu_pressure, machine_info, markdown_table, print_machine, versions
 from bench_search import (
     DATASET,
     BenchConfig,
     Variant,
     first_reach,
     make_config,
-    print_machine,
     run_variant,
     train_start_model,
 )

@@ -63,7 +63,7 @@ from typing import Any
 
 import optuna
 import torch
-from _common import cpu_pressure, machine_info, markdown_table, versions
+from _common import cpu_pressure, machine_info, markdown_table, print_machine, versions
 from bench_decompositions import trained_like_kernel
 from torch import nn
 
@@ -671,24 +671,6 @@ def fmt_acc(value: float | None) -> str:
     return "not measured" if value is None else f"{100 * value:.2f}%"
 
 
-def print_machine(machine: dict[str, Any], vers: dict[str, str]) -> None:
-    print("\n## Machine and versions (before the run)\n")
-    pressure = machine["cpu_pressure"]
-    rows: list[list[object]] = [
-        ["CPU", machine["cpu"]],
-        ["cores", machine["cores"]],
-        ["torch.get_num_threads() at start", machine["torch_threads"]],
-        ["load average (1/5/15 min)", " ".join(f"{v:.2f}" for v in machine["load_average_1_5_15"])],
-        [
-            "CPU pressure, PSI some avg10/60/300 (%)",
-            " ".join(f"{v:.1f}" for v in pressure.values()) or "-",
-        ],
-        ["optuna", optuna.__version__],
-    ]
-    rows.extend([name, version] for name, version in vers.items())
-    print(markdown_table(["", ""], rows))
-
-
 def print_rows(record: dict[str, Any]) -> None:
     arch = record["arch"]
     if record["trained"]:
@@ -1046,7 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
     vers = versions()
     print("# rankopt CPU latency benchmark" + (" (--quick)" if cfg.quick else ""))
     print("\nCommand: " + " ".join(["bench/bench_latency.py", *(argv or sys.argv[1:])]))
-    print_machine(machine, vers)
+    print_machine(
+        machine,
+        vers,
+        heading="Machine and versions (before the run)",
+        threads_label="torch.get_num_threads() at start",
+    )
     sys.stdout.flush()
 
     data = load_dataset(DATASET, seed=0, max_train=cfg.max_train)

@@ -56,7 +56,7 @@ from typing import Any
 
 import optuna
 import torch
-from _common import cpu_pressure, machine_info, markdown_table, versions
+from _common import cpu_pressure, machine_info, markdown_table, print_machine, versions
 from torch import nn
 
 from worker.data import DataBundle, load_dataset
@@ -328,24 +328,6 @@ def fmt_trial(best: dict[str, Any] | None) -> str:
     if best is None:
         return "none"
     return f"#{best['number']}: {best['compression']:.2f}x, drop {best['accuracy_drop']:.2f}"
-
-
-def print_machine(machine: dict[str, Any], vers: dict[str, str]) -> None:
-    print("\n## Machine and versions\n")
-    pressure = machine["cpu_pressure"]
-    rows: list[list[object]] = [
-        ["CPU", machine["cpu"]],
-        ["cores", machine["cores"]],
-        ["torch.get_num_threads()", machine["torch_threads"]],
-        ["load average (1/5/15 min)", " ".join(f"{v:.2f}" for v in machine["load_average_1_5_15"])],
-        [
-            "CPU pressure, PSI some avg10/60/300 (%)",
-            " ".join(f"{v:.1f}" for v in pressure.values()) or "-",
-        ],
-        ["optuna", optuna.__version__],
-    ]
-    rows.extend([name, version] for name, version in vers.items())
-    print(markdown_table(["", ""], rows))
 
 
 def print_setup(cfg: BenchConfig, data: DataBundle, seeds: dict[int, dict[str, Any]]) -> None:
