@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from tensorops import BuildContext, get_method
+from tensorops import Choice, Plan, compress
 from worker.search._latency import measure_speedup
 from worker.search._space import LayerSpace
 
@@ -72,8 +72,10 @@ def layer_speedups(
         speeds: dict[str, float] = {}
         for name in space.methods[1:]:
             ranks = space.seed_ranks[name]
-            ctx = BuildContext(layer_name=space.name, seed=seed, cache=store)
-            layer = get_method(name).decompose(dense, ranks, ctx)
+            # Through compress and the search's cache, as the sensitivity scan does: a trial
+            # that uses the same ranks reuses this decomposition instead of repeating it.
+            plan = Plan({space.name: Choice(name, ranks)})
+            layer = compress(model, plan, seed=seed, cache=store).get_submodule(space.name)
             speeds[name] = measure_speedup(dense, layer, x, device=device, repeats=repeats)
             logger.debug(
                 "%s %s%s: %.2fx the dense layer's speed", space.name, name, ranks, speeds[name]
