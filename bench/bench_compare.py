@@ -12,7 +12,9 @@ Default: ``rankopt:lenet5``, ``rankopt:lenet500_300`` and the VGG-style ``rankop
 For every architecture and seed the starting model is trained once (as in
 ``bench_search.py``); every method then starts from a copy of it, with the same data, seed and
 fine-tuning budget (``final_epochs`` of the search's cyclic schedule, AdamW, distillation from
-the original; searches also fine-tune every trial for ``epochs_per_trial``).
+the original; searches also fine-tune every trial for ``epochs_per_trial``) and the same
+learning-rate multiplier: the one rankopt's calibration picks for the model, which the
+baselines use too (``--plain-baseline-lr``: the schedule's rates for the baselines).
 
 Baselines (one set of fine-tunes per seed, read at every tolerance):
 
@@ -22,7 +24,8 @@ Baselines (one set of fine-tunes per seed, read at every tolerance):
   the other layers as in ``one-shot-tucker2``;
 * ``uniform-svd`` / ``uniform-tucker2``: every compressible layer but the output layer
   compressed by the same parameter ratio (SVD everywhere, or Tucker-2 on spatial convs and SVD
-  elsewhere), for each ratio of a ladder; the result at a tolerance is the most compressed rung
+  elsewhere), for each ratio of a ladder (2x to 64x, climbed until two rungs in a row miss
+  every tolerance); the result at a tolerance is the most compressed rung
   that meets it.
 
 A baseline that meets no tolerance counts as 1.00x (the original model is all it yields).
@@ -72,11 +75,14 @@ from torch import nn
 from tensorops import KEEP, Choice, LayerInfo, Plan, get_method
 from worker.data import DataBundle, load_dataset
 from worker.search import SearchConfig, prepare
+from worker.search._config import drop_points
 from worker.search._context import SearchContext
 from worker.search._space import default_method, output_layer, plan_from_params
 
 DEFAULT_ARCHS = ("rankopt:lenet5", "rankopt:lenet500_300", "rankopt:minivgg")
-UNIFORM_LADDER = (2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+UNIFORM_LADDER = (2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+#: The uniform ladder stops climbing after this many consecutive rungs miss every tolerance.
+LADDER_MISSES = 2
 SEARCHES = ("rankopt", "tpe-unseeded", "gp", "random", "tucker-only", "constant-lr")
 BASELINES = ("one-shot-tucker2", "one-shot-cp", "uniform-svd", "uniform-tucker2")
 EFFICIENCY = ("rankopt", "tpe-unseeded", "gp", "random")
@@ -190,7 +196,7 @@ def evaluate_plan(ctx: SearchContext, label: str, plan: Plan) -> dict[str, Any]:
         "plan": plan.to_dict(),
         "status": fit.status,
         "accuracy": accuracy,
-        "accuracy_drop": (ctx.baseline_accuracy - accuracy) * 100.0,
+        "accuracy_drop": drop_points(ctx.baseline_accuracy, accuracy),
         "params_ratio": ctx.baseline_cost.params / max(cost.params, 1),
         "macs_ratio": ctx.baseline_cost.macs / max(cost.macs, 1),
         "wall_s": time.perf_counter() - started,
@@ -198,10 +204,25 @@ def evaluate_plan(ctx: SearchContext, label: str, plan: Plan) -> dict[str, Any]:
 
 
 def run_baselines(
-    model: nn.Module, data: DataBundle, config: SearchConfig, ladder: Sequence[float]
-) -> dict[str, list[dict[str, Any]]]:
-    """Every baseline's evaluated plans (a ladder of them for the uniform ones)."""
+    model: nn.Module,
+    data: DataBundle,
+    config: SearchConfig,
+    ladder: Sequence[float],
+    *,
+    tolerance: float,
+    calibrate: bool = True,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any] | None]:
+    """Every baseline's evaluated plans (a ladder of them for the uniform ones), and the
+    learning-rate calibration they were fine-tuned with.
+
+    With ``calibrate`` the baselines' fine-tunes use the multiplier rankopt's own calibration
+    picks for this model (the same measurement, see :mod:`worker.search._calibrate`), so
+    that no method gains from a better-suited learning rate; without it, the schedule's rates.
+    """
     ctx = prepare(copy.deepcopy(model), data, config)
+    calibration = ctx.calibrate_lr().to_dict() if calibrate else None
+    if calibration is not None:
+        print(f"    baselines fine-tune at x{ctx.lr_scale:g}", file=sys.stderr, flush=True)
     out: dict[str, list[dict[str, Any]]] = {
         "one-shot-tucker2": [evaluate_plan(ctx, "evbmf", one_shot_plan(ctx, "tucker2"))],
         "one-shot-cp": [evaluate_plan(ctx, "evbmf", one_shot_plan(ctx, "cp"))],
@@ -211,10 +232,14 @@ def run_baselines(
         if method == "tucker2" and not convs:
             continue  # no spatial conv: identical to uniform-svd
         rungs = []
+        misses = 0
         for ratio in ladder:
+            if misses >= LADDER_MISSES:
+                break  # ``tolerance`` (the largest) missed twice running: higher rungs will too
             rung = evaluate_plan(ctx, f"{ratio:g}x", uniform_plan(ctx, ratio, method))
             rung["target_ratio"] = ratio
             rungs.append(rung)
+            misses = misses + 1 if rung["accuracy_drop"] > tolerance else 0
             print(
                 f"    {name} {ratio:g}x: {rung['params_ratio']:.2f}x, "
                 f"drop {rung['accuracy_drop']:.2f} pt",
@@ -222,7 +247,7 @@ def run_baselines(
                 flush=True,
             )
         out[name] = rungs
-    return out
+    return out, calibration
 
 
 def baseline_at(rungs: Sequence[dict[str, Any]], tol: float) -> dict[str, Any]:
@@ -299,6 +324,18 @@ def print_summary(results: dict[str, Any]) -> None:
     )
     print(f"\nBaseline accuracy {baselines}. 'met' counts seeds whose result met the tolerance;")
     print("a method that met none yields the original model (1.00x), counted as such.")
+    scales = []
+    for seed, info in results["seeds"].items():
+        chosen = info.get("runs", {}).get(f"{results['tolerances'][0]:g}", {}).get("rankopt") or {}
+        calibration = chosen.get("lr_calibration") or info.get("baseline_lr_calibration")
+        if calibration:
+            tried = ", ".join(f"x{s:g} {100 * a:.1f}%" for s, a in calibration["accuracies"])
+            scales.append(f"seed {seed}: x{calibration['scale']:g} ({tried})")
+    if scales:
+        print(
+            "\nLearning-rate multiplier picked by the calibration (EVBMF plan's accuracy after "
+            f"a trial fine-tune at each): {'; '.join(scales)}."
+        )
     anchor = ANCHORS.get(arch)
     if anchor is not None:
         removed, note = anchor
@@ -435,8 +472,16 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         base_config = search_variants_for(cfg, seed, data, tolerances[0])[0].config
         if wanted & set(BASELINES):
-            baselines = run_baselines(model, data, base_config, ladder)
+            baselines, calibration = run_baselines(
+                model,
+                data,
+                base_config,
+                ladder,
+                tolerance=max(tolerances),
+                calibrate=not args.plain_baseline_lr,
+            )
             info["baselines"] = baselines
+            info["baseline_lr_calibration"] = calibration
             for name, rungs in baselines.items():
                 if name in wanted:
                     for tol in tolerances:
@@ -515,6 +560,7 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     mine[key].setdefault(tol, {}).update(runs)
             if "baselines" in info and "baselines" not in mine:
                 mine["baselines"] = info["baselines"]
+                mine["baseline_lr_calibration"] = info.get("baseline_lr_calibration")
     for info in out["seeds"].values():
         for name, rungs in info.get("baselines", {}).items():
             for tol in out["tolerances"]:
@@ -533,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", default=None, choices=[*SEARCHES, *BASELINES], help="subset"
     )
     parser.add_argument("--quick", action="store_true", help="tiny budget, a smoke test")
+    parser.add_argument(
+        "--plain-baseline-lr",
+        action="store_true",
+        help="fine-tune the baselines at the schedule's rates instead of the calibrated ones",
+    )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--report", nargs="+", default=None, help="reprint saved JSON files")
     parser.add_argument(

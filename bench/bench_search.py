@@ -256,6 +256,7 @@ def run_variant(
         "trial_states": [r["state"] for r in records],
         "unrun_enqueued": len(report["trials"]) - len(records),
         "verification": report["verification"],
+        "lr_calibration": report.get("lr_calibration"),
         "wall_s": wall_s,
         "search_s": search_s,
         "finalize_s": wall_s - search_s,

@@ -8,7 +8,7 @@ Field names and defaults match ``rankopt compress``'s options.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,13 +60,17 @@ class JobSpec(BaseModel):
     objective: Literal["params", "macs", "latency"] = "params"
     pareto: bool = False
     sampler: Literal["tpe", "gp", "random"] = "tpe"
-    pruner: Literal["median", "halving", "none"] = "median"
+    pruner: Literal["feasibility", "median", "halving", "none"] = "feasibility"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     seeding: bool = True
     methods: list[str] | None = None
     rank_scale: tuple[float, float] = (0.1, 4.0)
     rank_multiple: int = Field(default=1, ge=1, le=1024)
     latency_batch_size: int = Field(default=1, ge=1, le=4096)
+    push_factor: float | None = Field(default=0.7, gt=0, lt=1)
+    lr_scales: list[Annotated[float, Field(gt=0, le=1000)]] = Field(
+        default_factory=lambda: [1.0, 0.3, 0.1], min_length=1, max_length=10
+    )
     epochs_per_trial: int = Field(default=3, ge=1, le=1000)
     final_epochs: int = Field(default=10, ge=0, le=10_000)
     distill_weight: float = Field(default=0.5, ge=0, le=1)

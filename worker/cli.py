@@ -83,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         "--pareto", action="store_true", help="two-objective search (accuracy, compression)"
     )
     comp.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe")
-    comp.add_argument("--pruner", choices=("median", "halving", "none"), default="median")
+    comp.add_argument(
+        "--pruner",
+        choices=("feasibility", "median", "halving", "none"),
+        default="feasibility",
+        help="stop trials early: feasibility (only those that cannot meet the tolerance), "
+        "median, halving, none",
+    )
     comp.add_argument(
         "--no-seeding", action="store_true", help="do not enqueue the EVBMF plans first"
     )
@@ -99,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="batch size the latency objective times (default 1)",
+    )
+    comp.add_argument(
+        "--push-factor",
+        type=float,
+        default=0.7,
+        help="after each new best trial, try its plan with ranks times this (0: never)",
+    )
+    comp.add_argument(
+        "--lr-scales",
+        default="1,0.3,0.1",
+        help="multipliers of the schedule's rates tried on the EVBMF plan before the search; "
+        "the best is used throughout (one value: no calibration; default 1,0.3,0.1)",
     )
     comp.add_argument(
         "--rank-multiple",
@@ -222,6 +240,12 @@ def _config(args: argparse.Namespace) -> Any:
         low, high = (float(v) for v in args.rank_scale.split(","))
     except ValueError:
         raise UsageError(f"--rank-scale must be LOW,HIGH, got {args.rank_scale!r}") from None
+    try:
+        lr_scales = tuple(float(v) for v in args.lr_scales.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(
+            f"--lr-scales must be numbers like 1,0.3,0.1, got {args.lr_scales!r}"
+        ) from None
     methods = None
     if args.methods:
         from tensorops import list_methods
@@ -251,6 +275,8 @@ def _config(args: argparse.Namespace) -> Any:
             rank_scale=(low, high),
             rank_multiple=args.rank_multiple,
             latency_batch_size=args.latency_batch,
+            lr_scales=lr_scales,
+            push_factor=args.push_factor or None,
             epochs_per_trial=args.epochs_per_trial,
             final_epochs=args.final_epochs,
             distill_weight=args.distill,

@@ -108,6 +108,10 @@ def test_compress_writes_outputs_and_prints_json(
     report = json.loads((out / "report.json").read_text())
     assert summary["params_ratio"] == report["ratios"]["params"]
     assert summary["macs_ratio"] == report["ratios"]["macs"]
+    # the default calibration tried three learning-rate multipliers and used one of them
+    calibration = report["lr_calibration"]
+    assert [s for s, _ in calibration["accuracies"]] == [1.0, 0.3, 0.1]
+    assert calibration["scale"] in (1.0, 0.3, 0.1)
     assert summary["final_accuracy"] == report["final"]["accuracy"]
     assert summary["baseline_accuracy"] == report["baseline"]["accuracy"]
     assert report["found_feasible"]
@@ -151,6 +155,9 @@ def wrong_weights(tmp_path: Path) -> Path:
         ({"--batch-size": "0"}, "batch_size"),
         ({"--distill": "1.5"}, "distill_weight"),
         ({"--verify-top": "0"}, "verify_top"),
+        ({"--lr-scales": "1,x"}, "--lr-scales"),
+        ({"--lr-scales": "1,-0.5"}, "lr_scales"),
+        ({"--push-factor": "1.5"}, "push_factor"),
     ],
     ids=[
         "unknown-arch",
@@ -166,6 +173,9 @@ def wrong_weights(tmp_path: Path) -> Path:
         "zero-batch",
         "distill-above-one",
         "no-verification",
+        "lr-scales-text",
+        "lr-scales-negative",
+        "push-factor-above-one",
     ],
 )
 def test_compress_usage_errors_are_one_line(

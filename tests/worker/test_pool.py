@@ -513,9 +513,16 @@ def test_search_config_from_spec() -> None:
             "epochs_per_trial": 2,
             "final_epochs": 5,
             "objective": "macs",
+            "lr_scales": [1, 0.5],
+            "push_factor": None,
         }
     )
     config = search_config_from_spec(spec, "cpu", trials=9)
+    assert config.lr_scales == (1.0, 0.5) and config.push_factor is None
+    assert (
+        search_config_from_spec(spec.model_copy(update={"push_factor": 0.5}), "cpu").push_factor
+        == 0.5
+    )
     assert config.trials == 9 and config.device == "cpu"
     assert config.methods == ("tucker2", "svd") and config.rank_scale == (0.5, 2.0)
     assert config.schedule.kind == "constant" and config.schedule.base_lr == 0.02

@@ -30,7 +30,7 @@ from tensorops import (
     load_compressed,
     measure_cost,
 )
-from worker.data import DataBundle, load_dataset
+from worker.data import DataBundle
 from worker.search import (
     SEED_ATTR,
     SearchConfig,
@@ -48,10 +48,10 @@ from worker.search import (
     seed_trials,
     verification_candidates,
 )
+from worker.search._pruning import FeasibilityPruner
 from worker.search._sensitivity import layer_sensitivity, scale_grid
 from worker.search._study import make_pruner
-from worker.training import evaluate, train
-from worker.zoo import get_model
+from worker.training import evaluate
 
 ARCH = {"arch": "rankopt:tinycnn", "kwargs": {"num_classes": 10, "in_channels": 1}}
 MAX_DROP = 3.0
@@ -97,21 +97,6 @@ def seed_labels(trials: list[Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def data() -> DataBundle:
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def trained(data: DataBundle) -> nn.Module:
-    """tinycnn trained once for the module (about 97% on digits in a few seconds)."""
-    torch.manual_seed(0)
-    model = get_model("rankopt:tinycnn", num_classes=10)
-    result = train(model, data, epochs=30, optimizer="adamw", lr=0.01, device="cpu")
-    assert result.final_val_accuracy > 0.93
-    return model.eval()
 
 
 @pytest.fixture
@@ -505,6 +490,8 @@ def test_samplers_build_and_run(
 @pytest.mark.parametrize(
     ("overrides", "cls"),
     [
+        ({}, FeasibilityPruner),
+        ({"pruner": "feasibility", "pareto": True}, optuna.pruners.NopPruner),
         ({"pruner": "median"}, optuna.pruners.MedianPruner),
         ({"pruner": "halving"}, optuna.pruners.SuccessiveHalvingPruner),
         ({"pruner": "none"}, optuna.pruners.NopPruner),
@@ -620,7 +607,8 @@ def test_should_stop_then_resume_completes_the_budget(
             ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()
         )
     ]
-    assert seed_labels(trials) == expected
+    # the seeds, once each, in order (pushes of the best trial may follow: see test_push.py)
+    assert [s for s in seed_labels(trials) if not s.startswith("push-")] == expected
     assert all(n == 1 for n in Counter(seed_labels(trials)).values())
     assert [r["number"] for r in result.report["trials"]] == list(range(config.trials))
 
@@ -726,10 +714,11 @@ def test_e2e_seed_trials_come_first(end_to_end: EndToEnd) -> None:
     assert trials[0].user_attrs[SEED_ATTR].startswith("evbmf-tucker2")
     for trial, (_, params) in zip(trials, expected):
         assert trial.params == params
-    assert all(SEED_ATTR not in t.user_attrs for t in trials[k:])
+    # after the seeds: sampled trials and pushes of the best one (see test_push.py)
+    assert all(str(t.user_attrs.get(SEED_ATTR, "push-")).startswith("push-") for t in trials[k:])
     records = end_to_end.result.report["trials"]
     assert [r["seed"] for r in records[:k]] == [label for label, _ in expected]
-    assert all(r["seed"] is None for r in records[k:])
+    assert all(r["seed"] is None or r["seed"].startswith("push-") for r in records[k:])
 
 
 def test_e2e_chosen_plan_meets_the_constraint(end_to_end: EndToEnd) -> None:
@@ -920,7 +909,7 @@ def test_stop_during_a_trial_does_not_use_up_the_budget(
     # The interrupted seed plan is rerun (after the other seeds) and every seed runs once;
     # the budget's last trial is sampled.
     assert len(labels) == 6
-    assert sorted(label for label in labels if label) == sorted(
+    assert sorted(label for label in labels if label and not label.startswith("push-")) == sorted(
         label
         for label, _ in seed_trials(
             ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()

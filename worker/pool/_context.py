@@ -40,16 +40,21 @@ class PoolContext(SearchContext):
         epochs: int,
         seed: int,
         callback: EpochCallback | None = None,
+        lr_scale: float | None = None,
     ) -> FinetuneResult:
         hook = self.interrupt
         if hook is None:
-            return super().finetune(model, epochs=epochs, seed=seed, callback=callback)
+            return super().finetune(
+                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale
+            )
 
         def checked(report: EpochReport) -> bool | None:
             hook()
             return callback(report) if callback is not None else None
 
-        return super().finetune(model, epochs=epochs, seed=seed, callback=checked)
+        return super().finetune(
+            model, epochs=epochs, seed=seed, callback=checked, lr_scale=lr_scale
+        )
 
 
 @dataclass

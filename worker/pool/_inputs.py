@@ -107,6 +107,8 @@ def search_config_from_spec(
             rank_scale=(float(spec.rank_scale[0]), float(spec.rank_scale[1])),
             rank_multiple=spec.rank_multiple,
             latency_batch_size=spec.latency_batch_size,
+            lr_scales=tuple(float(v) for v in spec.lr_scales),
+            push_factor=spec.push_factor,
             epochs_per_trial=spec.epochs_per_trial,
             final_epochs=spec.final_epochs,
             distill_weight=spec.distill_weight,

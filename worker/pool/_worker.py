@@ -318,7 +318,11 @@ class Worker:
                 )
         elif not study_exists(storage, job.study_name):
             return None
-        study = open_study(ctx, storage=storage, study_name=job.study_name, fail_running=False)
+        ctx.interrupt = check  # the learning-rate calibration fine-tunes: stay cancellable
+        try:
+            study = open_study(ctx, storage=storage, study_name=job.study_name, fail_running=False)
+        finally:
+            ctx.interrupt = None
         study.sampler = make_sampler(replace(config, seed=worker_seed(config.seed, self.worker_id)))
         self._log(
             logging.INFO,

@@ -11,6 +11,7 @@ from worker.search._finalize import (
 )
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._objective import make_objective
+from worker.search._pruning import FeasibilityPruner
 from worker.search._run import Progress, default_storage, run_search, run_trials
 from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
 from worker.search._study import CONSTRAINT_ATTR, SEED_ATTR, finished_trials, open_study
@@ -21,6 +22,7 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "SEED_ATTR",
+    "FeasibilityPruner",
     "LayerSpace",
     "Progress",
     "SearchConfig",

@@ -10,11 +10,17 @@ from worker.training import ScheduleConfig
 
 Objective = Literal["params", "macs", "latency"]
 SamplerName = Literal["tpe", "gp", "random"]
-PrunerName = Literal["median", "halving", "none"]
+PrunerName = Literal["feasibility", "median", "halving", "none"]
 
 OBJECTIVES: tuple[str, ...] = ("params", "macs", "latency")
 SAMPLERS: tuple[str, ...] = ("tpe", "gp", "random")
-PRUNERS: tuple[str, ...] = ("median", "halving", "none")
+PRUNERS: tuple[str, ...] = ("feasibility", "median", "halving", "none")
+
+
+def drop_points(baseline_accuracy: float, accuracy: float) -> float:
+    """Accuracy drop in points, rounded to 1e-9 so that a drop of exactly the tolerance
+    (10 of 1,000 validation examples for 1 point) is not judged over it by float noise."""
+    return round((baseline_accuracy - accuracy) * 100.0, 9)
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,12 @@ class SearchConfig:
     ``sensitivity_budgets`` (points) a seed takes every layer at the smallest scale within it.
     An empty ``sensitivity_budgets`` skips the analysis.
 
+    ``pruner`` stops trials between epochs: ``feasibility`` only when the trial's drop cannot
+    come back within ``max_accuracy_drop + verify_slack`` even with the largest recovery a
+    completed trial showed from that epoch on; ``median`` (Optuna's) when its accuracy is below
+    the earlier trials' median, which in a constrained search also stops the more compressed
+    plans that are within the tolerance; ``halving``; ``none``.
+
     Fine-tuning distils the original model into the candidate: the loss is ``(1 - a) * CE +
     a * T^2 * KL`` with ``a = distill_weight`` and ``T = temperature`` (0 turns it off).
 
@@ -42,6 +54,19 @@ class SearchConfig:
     trials whose drop is within ``max_accuracy_drop + verify_slack``, most compressed first,
     are fine-tuned for ``final_epochs``; the first that meets the tolerance wins. A short
     trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it.
+
+    Pushing: whenever a trial becomes the most compressed within ``max_accuracy_drop +
+    verify_slack``, its plan with every rank
+    scale times ``push_factor`` is enqueued next (see :mod:`worker.search._push`); None turns
+    it off.
+
+    Learning-rate calibration: before the first trial, Kim et al.'s EVBMF plan (the first
+    seed) is fine-tuned for ``epochs_per_trial`` with the schedule's rates multiplied by each
+    of ``lr_scales``, and the multiplier giving the best validation accuracy (the first listed
+    on a tie) applies to every trial and the final fine-tune. A peak rate that recovers one
+    model's factorised layers can wreck another's weights (an MLP can lose a point to AdamW at
+    0.01 with nothing compressed), so it is measured per model rather than fixed. One value
+    skips the calibration.
 
     With ``objective="latency"`` the original's latency is the median of ``latency_repeats``
     forward passes of a batch of ``latency_batch_size`` validation images (the batch size the
@@ -57,7 +82,7 @@ class SearchConfig:
     objective: Objective = "params"
     pareto: bool = False
     sampler: SamplerName = "tpe"
-    pruner: PrunerName = "median"
+    pruner: PrunerName = "feasibility"
     seed: int = 0
     seeding: bool = True
     methods: tuple[str, ...] | None = None
@@ -84,6 +109,8 @@ class SearchConfig:
     device: str = "auto"
     latency_batch_size: int = 1
     latency_repeats: int = 30
+    lr_scales: tuple[float, ...] = (1.0, 0.3, 0.1)
+    push_factor: float | None = 0.7
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -136,9 +163,19 @@ class SearchConfig:
                 f"{self.latency_batch_size} and {self.latency_repeats}"
             )
 
+        if self.push_factor is not None and not 0 < self.push_factor < 1:
+            raise ValueError(f"push_factor must be in (0, 1) or None, got {self.push_factor}")
+        if not self.lr_scales or any(
+            not (isinstance(v, int | float) and 0 < v < math.inf) for v in self.lr_scales
+        ):
+            raise ValueError(
+                f"lr_scales must be one or more finite multipliers > 0, got {self.lr_scales}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["rank_scale"] = list(self.rank_scale)
         data["methods"] = list(self.methods) if self.methods is not None else None
         data["sensitivity_budgets"] = list(self.sensitivity_budgets)
+        data["lr_scales"] = list(self.lr_scales)
         return data

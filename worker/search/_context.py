@@ -11,6 +11,7 @@ from torch import nn
 
 from tensorops import Cost, LayerInfo, Plan, compress, estimate_cost, inventory, measure_cost
 from worker.data import DataBundle
+from worker.search._calibrate import LrCalibration, calibrate_lr, scaled_schedule
 from worker.search._config import SearchConfig
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._layer_latency import layer_speedups
@@ -48,6 +49,19 @@ class SearchContext:
     cache: dict[tuple[object, ...], object] = field(default_factory=dict)
     latency_example: torch.Tensor | None = None  # config.latency_batch_size images
     speedups: dict[str, dict[str, float]] | None = None  # see seed_speedups
+    lr_calibration: LrCalibration | None = None  # see calibrate_lr
+
+    @property
+    def lr_scale(self) -> float:
+        """Multiplier of the schedule's rates in every fine-tune (1 until calibrated)."""
+        return self.lr_calibration.scale if self.lr_calibration is not None else 1.0
+
+    def calibrate_lr(self) -> LrCalibration:
+        """Measure the learning-rate multiplier for this model (see
+        :mod:`worker.search._calibrate`) and use it from now on."""
+        self.lr_calibration = calibrate_lr(self)
+        self.model.to("cpu")
+        return self.lr_calibration
 
     def seed_sensitivity(self) -> dict[str, list[tuple[float, float]]]:
         """Per-layer sensitivity for the seed plans, scanned on first use.
@@ -118,13 +132,16 @@ class SearchContext:
         epochs: int,
         seed: int,
         callback: EpochCallback | None = None,
+        lr_scale: float | None = None,
     ) -> FinetuneResult:
-        """Fine-tune ``model`` in place with the search's schedule, optimiser and batch size."""
+        """Fine-tune ``model`` in place with the search's schedule, optimiser and batch size,
+        the schedule's rates times ``lr_scale`` (default: the calibrated :attr:`lr_scale`)."""
         config = self.config
+        scale = self.lr_scale if lr_scale is None else lr_scale
         return finetune(
             model,
             self.data,
-            config.schedule,
+            scaled_schedule(config.schedule, scale),
             epochs=epochs,
             optimizer=config.optimizer,
             batch_size=config.batch_size,

@@ -16,7 +16,7 @@ from torch import nn
 
 from tensorops import Plan, measure_cost, save_compressed
 from tensorops.methods import get_method
-from worker.search._config import SearchConfig
+from worker.search._config import SearchConfig, drop_points
 from worker.search._context import SearchContext
 from worker.search._study import SEED_ATTR
 from worker.training import EvalResult, evaluate
@@ -99,7 +99,7 @@ def _choose(
             result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         else:
             status, result = "completed", evaluate(model, ctx.data, device=ctx.device)
-        drop = (ctx.baseline_accuracy - result.accuracy) * 100.0
+        drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = status != "diverged" and drop <= config.max_accuracy_drop
         checks.append(
             {
@@ -191,7 +191,7 @@ def finalize(
     latency_before = ctx.baseline_latency or ctx.latency(ctx.model)
     model = model.to("cpu")
     cost = measure_cost(model, ctx.example)
-    drop = (ctx.baseline_accuracy - result.accuracy) * 100.0
+    drop = drop_points(ctx.baseline_accuracy, result.accuracy)
     records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     layer_plan: list[dict[str, Any]] = []
     for info in ctx.layers:
@@ -249,6 +249,11 @@ def finalize(
         "plan": plan.to_dict(),
         "layers": layer_plan,
         "search": config.to_dict(),
+        "lr_calibration": (
+            ctx.lr_calibration.to_dict()
+            if ctx.lr_calibration is not None
+            else {"scale": ctx.lr_scale, "accuracies": [], "seconds": 0.0}
+        ),
         "data": {"name": ctx.data.name, "train": len(ctx.data.y_train), "val": len(ctx.data.y_val)},
         "arch": arch,
         "pareto_front": pareto_front(records),

@@ -9,9 +9,12 @@ from typing import Any
 
 import optuna
 
+from worker.search._config import drop_points
 from worker.search._context import SearchContext
+from worker.search._pruning import ACCURACY_ATTR
+from worker.search._push import push_best
 from worker.search._space import plan_from_params
-from worker.search._study import INTERRUPTED_ATTR, SearchStopped, record_constraint
+from worker.search._study import INTERRUPTED_ATTR, SEED_ATTR, SearchStopped, record_constraint
 from worker.training import EpochReport
 
 logger = logging.getLogger(__name__)
@@ -61,15 +64,18 @@ def make_objective(
             trial.set_user_attr(INTERRUPTED_ATTR, True)
             raise SearchStopped(trial.number)
         accuracy = result.final_val_accuracy
-        drop = (ctx.baseline_accuracy - accuracy) * 100.0
+        drop = drop_points(ctx.baseline_accuracy, accuracy)
         latency = ctx.latency(model) if config.objective == "latency" else None
         ratio = ctx.compression(plan, latency)
-        trial.set_user_attr("accuracy", accuracy)
+        trial.set_user_attr(ACCURACY_ATTR, accuracy)
         trial.set_user_attr("accuracy_drop", drop)
         trial.set_user_attr("compression", ratio)
         trial.set_user_attr("latency_s", latency)
         trial.set_user_attr("seconds", time.perf_counter() - started)
         record_constraint(trial, drop - config.max_accuracy_drop)
+        push_best(
+            trial, params, ctx.spaces, config, compression=ratio, drop=drop, label_attr=SEED_ATTR
+        )
         logger.info(
             "trial %d: accuracy %.4f (drop %.2f pt), compression %.2fx",
             trial.number,

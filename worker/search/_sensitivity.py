@@ -20,7 +20,7 @@ from torch import nn
 
 from tensorops import KEEP, Choice, LayerInfo, Plan, compress, get_method
 from worker.data import DataBundle
-from worker.search._config import SearchConfig
+from worker.search._config import SearchConfig, drop_points
 from worker.search._space import LayerSpace, default_method, output_layer, small_layers
 from worker.training import evaluate
 
@@ -76,7 +76,7 @@ def layer_sensitivity(
             )
             plan = Plan({space.name: Choice(method_name, ranks)})
             small = compress(model, plan, seed=config.seed, cache=cache)
-            drop = (base - evaluate(small, subset, device=device).accuracy) * 100.0
+            drop = drop_points(base, evaluate(small, subset, device=device).accuracy)
             scanned.append((scale, drop))
             if drop > limit:
                 break

@@ -127,6 +127,21 @@ def scale_within(scanned: Sequence[tuple[float, float]], budget: float) -> float
     return min(fine) if fine else None
 
 
+def evbmf_params(
+    spaces: list[LayerSpace], layers: list[LayerInfo], config: SearchConfig
+) -> dict[str, Any]:
+    """Kim et al.'s plan as trial parameters: every layer at its EVBMF rank with Tucker-2 on
+    spatial convs and SVD elsewhere, the output layer dense (the first seed, see
+    :func:`seed_trials`)."""
+    output = output_layer(spaces, layers)
+    unit = min(max(1.0, config.rank_scale[0]), config.rank_scale[1])
+    params: dict[str, Any] = {}
+    for space in spaces:
+        params[space.method_param] = KEEP if space.name == output else default_method(space)
+        params[space.scale_param] = unit
+    return params
+
+
 def seed_trials(
     model: nn.Module,
     spaces: list[LayerSpace],
@@ -161,15 +176,13 @@ def seed_trials(
     """
     by_name = {info.name: info for info in layers}
     metric = "macs" if config.objective == "macs" else "params"
-    tucker: dict[str, Any] = {}
+    tucker = evbmf_params(spaces, layers, config)
     mixed: dict[str, Any] = {}
     output = output_layer(spaces, layers)
     small = small_layers(spaces, layers, config)
     unit = min(max(1.0, config.rank_scale[0]), config.rank_scale[1])
     for space in spaces:
-        default = KEEP if space.name == output else default_method(space)
-        tucker[space.method_param] = default
-        tucker[space.scale_param] = unit
+        default = tucker[space.method_param]
         choice = KEEP if space.name in small else default
         if "cp" in space.methods and choice == "tucker2":
             info = by_name[space.name]

@@ -9,8 +9,10 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from worker.search._calibrate import LR_CALIBRATION_ATTR, LrCalibration
 from worker.search._config import SearchConfig
 from worker.search._context import SearchContext
+from worker.search._pruning import FeasibilityPruner
 from worker.search._space import seed_trials
 
 logger = logging.getLogger(__name__)
@@ -61,12 +63,17 @@ def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     )
 
 
-def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
+def make_pruner(config: SearchConfig, baseline_accuracy: float = 1.0) -> optuna.pruners.BasePruner:
+    """The configured pruner. ``feasibility`` (the default) needs the original model's
+    accuracy: it stops a trial only when its drop cannot come back within the tolerance plus
+    the verification slack (see :class:`FeasibilityPruner`)."""
     if config.pruner == "none" or config.pareto:
         return optuna.pruners.NopPruner()
     if config.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    return FeasibilityPruner(baseline_accuracy, config.max_accuracy_drop + config.verify_slack)
 
 
 def open_study(
@@ -76,7 +83,8 @@ def open_study(
     study_name: str,
     fail_running: bool = True,
 ) -> optuna.Study:
-    """Create the study (enqueueing the EVBMF seeds) or resume it where it stopped.
+    """Create the study (calibrating the learning rate, enqueueing the EVBMF seeds) or resume it
+    where it stopped (taking the recorded learning-rate multiplier).
 
     On resume, trials left RUNNING by an interrupted process are failed, and a seed trial among
     them is enqueued again so seeding still happens exactly once per plan. A process joining a
@@ -89,11 +97,18 @@ def open_study(
         storage=storage,
         study_name=study_name,
         sampler=make_sampler(config),
-        pruner=make_pruner(config),
+        pruner=make_pruner(config, ctx.baseline_accuracy),
         directions=directions,
         load_if_exists=True,
     )
     existing = study.get_trials(deepcopy=False)
+    recorded = study.user_attrs.get(LR_CALIBRATION_ATTR)
+    if recorded is not None:
+        ctx.lr_calibration = LrCalibration.from_dict(recorded)
+    elif not existing:
+        study.set_user_attr(LR_CALIBRATION_ATTR, ctx.calibrate_lr().to_dict())
+    if recorded is not None or existing:
+        logger.info("fine-tuning at x%g of the schedule's rates (from the study)", ctx.lr_scale)
     if not existing and config.seeding:
         seeds = seed_trials(
             ctx.model,

@@ -1,0 +1,27 @@
+"""Fixtures shared by the search tests: the digits data and a tinycnn trained on it once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from worker.data import DataBundle, load_dataset
+from worker.training import train
+from worker.zoo import get_model
+
+
+@pytest.fixture(scope="session")
+def data() -> DataBundle:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def trained(data: DataBundle) -> nn.Module:
+    """tinycnn trained once per session (about 97% on digits in a few seconds). Tests must
+    copy it before changing it."""
+    torch.manual_seed(0)
+    model = get_model("rankopt:tinycnn", num_classes=10)
+    result = train(model, data, epochs=30, optimizer="adamw", lr=0.01, device="cpu")
+    assert result.final_val_accuracy > 0.93
+    return model.eval()
