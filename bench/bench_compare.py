@@ -32,7 +32,10 @@ A baseline that meets no tolerance counts as 1.00x (the original model is all it
 
 Searches (one per tolerance): ``rankopt`` (TPE, EVBMF seeding, MTD, cyclic LR), and the
 ablations ``tpe-unseeded``, ``gp`` (Gaussian-process sampler, seeded), ``random`` (no seeding),
-``tucker-only`` (no MTD: keep / Tucker-2 / SVD), ``constant-lr``. A search's result is what
+``tucker-only`` (no MTD: keep / Tucker-2 / SVD), ``constant-lr``, and one for each of the
+search's own devices: ``no-calibration`` (the schedule's rates, no LR calibration),
+``median-pruner`` (Optuna's median pruner instead of the feasibility one) and ``no-push`` (the
+best plan is not pushed to smaller ranks). A search's result is what
 finalising returns: the original model when no candidate met the tolerance.
 
 The summary per architecture gives, for every method and tolerance, the params and MACs ratios
@@ -83,7 +86,17 @@ DEFAULT_ARCHS = ("rankopt:lenet5", "rankopt:lenet500_300", "rankopt:minivgg")
 UNIFORM_LADDER = (2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
 #: The uniform ladder stops climbing after this many consecutive rungs miss every tolerance.
 LADDER_MISSES = 2
-SEARCHES = ("rankopt", "tpe-unseeded", "gp", "random", "tucker-only", "constant-lr")
+SEARCHES = (
+    "rankopt",
+    "tpe-unseeded",
+    "gp",
+    "random",
+    "tucker-only",
+    "constant-lr",
+    "no-calibration",
+    "median-pruner",
+    "no-push",
+)
 BASELINES = ("one-shot-tucker2", "one-shot-cp", "uniform-svd", "uniform-tucker2")
 EFFICIENCY = ("rankopt", "tpe-unseeded", "gp", "random")
 
@@ -120,6 +133,15 @@ def search_variants_for(cfg: BenchConfig, seed: int, data: DataBundle, tol: floa
             replace(base, schedule=constant.config.schedule),
         )
     )
+    out += [
+        Variant(
+            "no-calibration",
+            "the schedule's learning rates as given (no LR calibration)",
+            replace(base, lr_scales=(1.0,)),
+        ),
+        Variant("median-pruner", "Optuna's median pruner", replace(base, pruner="median")),
+        Variant("no-push", "no pushing of the best plan", replace(base, push_factor=None)),
+    ]
     return out
 
 
@@ -337,7 +359,7 @@ def print_summary(results: dict[str, Any]) -> None:
             f"a trial fine-tune at each): {'; '.join(scales)}."
         )
     anchor = ANCHORS.get(arch)
-    if anchor is not None:
+    if anchor is not None and "rankopt" in results["methods"]:
         removed, note = anchor
         rows = [["L1 norm-based sparsification (published)", f"{removed:.1f}%", note]]
         for tol in results["tolerances"]:
@@ -430,7 +452,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel(f"mean best feasible params ratio (drop ≤ {eff.get('tolerance', '?')} pt)")
     ax.set_title(f"{results['arch']}: search efficiency over {len(eff.get('seeds', {}))} seed(s)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if eff.get("mean_curves"):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
