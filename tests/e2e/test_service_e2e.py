@@ -27,6 +27,7 @@ from service.client import RankoptClient
 from service.settings import Settings
 from service.store import Store
 from tensorops import load_compressed
+from tests.e2e._procs import free_port
 from tests.postgres_support import require_postgres, scratch_database
 from tests.worker.pool_support import BASE_SPEC, make_settings, settings_env, train_weights
 from worker.data import load_dataset
@@ -35,17 +36,11 @@ from worker.training import evaluate
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Service:
     """The API and two workers as subprocesses, with their logs."""
 
     def __init__(self, settings: Settings, folder: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
