@@ -324,12 +324,13 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
                 for info in results["seeds"].values()
                 if method in info["at"][f"{tol:g}"]
             ]
-            if not cells:
-                break
+            if not cells:  # not run at this tolerance
+                row += ["-", "-", "-"]
+                continue
             row.append(_spread([c["params_ratio"] for c in cells]))
             row.append(_spread([c["macs_ratio"] for c in cells]))
             row.append(f"{sum(1 for c in cells if c['met'])}/{len(cells)}")
-        if len(row) > 1:
+        if any(cell != "-" for cell in row[1:]):
             rows.append(row)
     return rows
 
