@@ -35,7 +35,8 @@ ablations ``tpe-unseeded``, ``gp`` (Gaussian-process sampler, seeded), ``random`
 ``tucker-only`` (no MTD: keep / Tucker-2 / SVD), ``constant-lr``, and one for each of the
 search's own devices: ``no-calibration`` (the schedule's rates, no LR calibration),
 ``median-pruner`` (Optuna's median pruner instead of the feasibility one) and ``no-push`` (the
-best plan is not pushed to smaller ranks). A search's result is what
+best plan is not pushed to smaller ranks); ``macs-objective`` is rankopt maximising the MACs
+ratio instead of the parameter ratio. A search's result is what
 finalising returns: the original model when no candidate met the tolerance.
 
 The summary per architecture gives, for every method and tolerance, the params and MACs ratios
@@ -96,6 +97,7 @@ SEARCHES = (
     "no-calibration",
     "median-pruner",
     "no-push",
+    "macs-objective",
 )
 BASELINES = ("one-shot-tucker2", "one-shot-cp", "uniform-svd", "uniform-tucker2")
 EFFICIENCY = ("rankopt", "tpe-unseeded", "gp", "random")
@@ -141,6 +143,9 @@ def search_variants_for(cfg: BenchConfig, seed: int, data: DataBundle, tol: floa
         ),
         Variant("median-pruner", "Optuna's median pruner", replace(base, pruner="median")),
         Variant("no-push", "no pushing of the best plan", replace(base, push_factor=None)),
+        Variant(
+            "macs-objective", "rankopt maximising the MACs ratio", replace(base, objective="macs")
+        ),
     ]
     return out
 
