@@ -37,6 +37,7 @@ from worker.search import (
     SearchContext,
     SearchResult,
     build_space,
+    fallback_candidate,
     finalize,
     finished_trials,
     open_study,
@@ -956,6 +957,50 @@ def test_capture_inputs_and_layer_speedups_cover_every_method(ctx: SearchContext
     for space in ctx.spaces:
         assert set(speeds[space.name]) == set(space.methods[1:])
         assert all(v > 0 and math.isfinite(v) for v in speeds[space.name].values())
+
+
+def test_fallback_candidate_is_the_most_accurate_untried_trial_within_the_tolerance(
+    ctx: SearchContext,
+) -> None:
+    study = optuna.create_study(direction="maximize")
+    first, second = ctx.spaces[0], ctx.spaces[1]
+    plans = [
+        Plan({first.name: Choice("tucker2", (1, 1)), second.name: Choice("tucker2", (1, 1))}),
+        Plan({second.name: Choice("tucker2", (1, 1))}),
+        Plan({second.name: Choice("tucker2", (2, 2))}),
+        Plan({first.name: Choice("tucker2", (2, 2))}),
+    ]
+    drops = [0.0, MAX_DROP - 0.5, MAX_DROP - 0.5, MAX_DROP + 0.1]
+    for number, (plan, drop) in enumerate(zip(plans, drops)):
+        study.add_trial(_fake_trial(ctx, number, plan, drop))
+    config = make_config(verify_top=1)
+    # trial 0 is the candidate; 1 and 2 tie on drop, so the more compressed one; never 3,
+    # beyond the tolerance however accurate the others are
+    tie = max((1, 2), key=lambda n: (ctx.compression(plans[n]), -n))
+    picked = fallback_candidate(study, config, {0})
+    assert picked is not None and picked.number == tie
+    assert fallback_candidate(study, config, {0, 1, 2}) is None
+
+
+def test_finalize_falls_back_on_the_most_accurate_plan_when_every_candidate_fails(
+    model: nn.Module, data: DataBundle, tmp_path: Path
+) -> None:
+    """The one candidate fails the longer fine-tune; the plan with the largest margin is tried
+    last and kept, instead of the original model."""
+    ctx = prepare(model, data, quick_config(verify_top=1))
+    study = optuna.create_study(direction="maximize")
+    ruinous = Plan(
+        {s.name: Choice(s.methods[1], (1,) * len(s.seed_ranks[s.methods[1]])) for s in ctx.spaces}
+    )
+    full = get_method("tucker2").max_ranks(ctx.model.get_submodule(ctx.spaces[1].name))
+    mild = Plan({ctx.spaces[1].name: Choice("tucker2", (full[0] // 2, full[1] // 2))})
+    assert ctx.compression(ruinous) > ctx.compression(mild) > 1
+    study.add_trial(_fake_trial(ctx, 0, ruinous, 0.0))
+    study.add_trial(_fake_trial(ctx, 1, mild, -0.5))
+    report = finalize(ctx, study, tmp_path, arch=ARCH).report
+    assert [(c["trial"], c["met"]) for c in report["verification"]] == [(0, False), (1, True)]
+    assert report["chosen_trial"] == 1 and report["found_feasible"]
+    assert Plan.from_dict(report["plan"]) == mild
 
 
 def test_candidates_no_smaller_than_the_original_are_never_verified() -> None:

@@ -5,6 +5,7 @@ from worker.search._context import SearchContext, prepare
 from worker.search._finalize import (
     SearchResult,
     best_feasible,
+    fallback_candidate,
     finalize,
     pareto_front,
     verification_candidates,
@@ -31,6 +32,7 @@ __all__ = [
     "best_feasible",
     "build_space",
     "default_storage",
+    "fallback_candidate",
     "finalize",
     "finished_trials",
     "make_objective",

@@ -53,7 +53,8 @@ class SearchConfig:
     Finalising re-checks the best candidates before choosing: up to ``verify_top`` completed
     trials whose drop is within ``max_accuracy_drop + verify_slack``, most compressed first,
     are fine-tuned for ``final_epochs``; the first that meets the tolerance wins. A short
-    trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it.
+    trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it. When all
+    fail, the most accurate compressed trial within the tolerance is tried last.
 
     Pushing: whenever a trial becomes the most compressed within ``max_accuracy_drop +
     verify_slack``, its plan with every rank

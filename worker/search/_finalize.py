@@ -74,10 +74,38 @@ def verification_candidates(study: optuna.Study, config: SearchConfig) -> list[F
     return picked
 
 
+def fallback_candidate(
+    study: optuna.Study, config: SearchConfig, tried: set[int]
+) -> FrozenTrial | None:
+    """The trial finalising tries last when every candidate failed: of the compressed trials
+    within the tolerance not tried yet, the most accurate (the more compressed on a tie).
+
+    The candidates are the most compressed plans near the tolerance; when the final fine-tune
+    shows them all beyond it (mostly at tight tolerances, where the trial-level accuracy is a
+    single noisy reading), the plan with the largest margin is the one most likely to hold.
+    None when there is no such trial.
+    """
+    safe = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number not in tried
+        and feasible(t, config.max_accuracy_drop)
+        and t.user_attrs["compression"] > 1.0
+    ]
+    if not safe:
+        return None
+    return min(
+        safe,
+        key=lambda t: (t.user_attrs["accuracy_drop"], -t.user_attrs["compression"], t.number),
+    )
+
+
 def _choose(
     ctx: SearchContext, study: optuna.Study
 ) -> tuple[FrozenTrial | None, nn.Module, EvalResult, list[dict[str, Any]]]:
     """Fine-tune candidates longer until one meets the tolerance; else keep the original.
+
+    The candidates are :func:`verification_candidates`, then :func:`fallback_candidate`.
 
     Returns the chosen trial (None: the original model), its fine-tuned model, that model's
     evaluation and one record per candidate tried. With ``final_epochs == 0`` each candidate
@@ -85,7 +113,11 @@ def _choose(
     """
     config = ctx.config
     checks: list[dict[str, Any]] = []
-    for trial in verification_candidates(study, config):
+    candidates = verification_candidates(study, config)
+    last = fallback_candidate(study, config, {t.number for t in candidates})
+    if last is not None:
+        candidates.append(last)
+    for trial in candidates:
         plan = Plan.from_dict(trial.user_attrs["plan"])
         model = ctx.compress(plan)
         if config.final_epochs > 0:
