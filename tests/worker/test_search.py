@@ -836,18 +836,25 @@ def test_verification_candidates_order_and_fallback(ctx: SearchContext) -> None:
     assert wide == near
 
 
-def test_finalize_rejects_a_candidate_that_fails_the_longer_fine_tune(
-    model: nn.Module, data: DataBundle, tmp_path: Path
-) -> None:
-    """A trial whose recorded drop flatters it is fine-tuned, found wanting and passed over."""
-    ctx = prepare(model, data, quick_config(verify_top=2))
-    study = optuna.create_study(direction="maximize")
+def _ruinous_and_mild(ctx: SearchContext) -> tuple[Plan, Plan]:
+    """A plan that no fine-tune rescues (rank 1 everywhere) and a mild, less compressed one
+    (one layer at half its ranks) that meets the tolerance after the final fine-tune."""
     ruinous = Plan(
         {s.name: Choice(s.methods[1], (1,) * len(s.seed_ranks[s.methods[1]])) for s in ctx.spaces}
     )
     full = get_method("tucker2").max_ranks(ctx.model.get_submodule(ctx.spaces[1].name))
     mild = Plan({ctx.spaces[1].name: Choice("tucker2", (full[0] // 2, full[1] // 2))})
     assert ctx.compression(ruinous) > ctx.compression(mild) > 1
+    return ruinous, mild
+
+
+def test_finalize_rejects_a_candidate_that_fails_the_longer_fine_tune(
+    model: nn.Module, data: DataBundle, tmp_path: Path
+) -> None:
+    """A trial whose recorded drop flatters it is fine-tuned, found wanting and passed over."""
+    ctx = prepare(model, data, quick_config(verify_top=2))
+    study = optuna.create_study(direction="maximize")
+    ruinous, mild = _ruinous_and_mild(ctx)
     study.add_trial(_fake_trial(ctx, 0, ruinous, 0.0))
     study.add_trial(_fake_trial(ctx, 1, mild, 0.0))
     report = finalize(ctx, study, tmp_path, arch=ARCH).report
@@ -989,12 +996,7 @@ def test_finalize_falls_back_on_the_most_accurate_plan_when_every_candidate_fail
     last and kept, instead of the original model."""
     ctx = prepare(model, data, quick_config(verify_top=1))
     study = optuna.create_study(direction="maximize")
-    ruinous = Plan(
-        {s.name: Choice(s.methods[1], (1,) * len(s.seed_ranks[s.methods[1]])) for s in ctx.spaces}
-    )
-    full = get_method("tucker2").max_ranks(ctx.model.get_submodule(ctx.spaces[1].name))
-    mild = Plan({ctx.spaces[1].name: Choice("tucker2", (full[0] // 2, full[1] // 2))})
-    assert ctx.compression(ruinous) > ctx.compression(mild) > 1
+    ruinous, mild = _ruinous_and_mild(ctx)
     study.add_trial(_fake_trial(ctx, 0, ruinous, 0.0))
     study.add_trial(_fake_trial(ctx, 1, mild, -0.5))
     report = finalize(ctx, study, tmp_path, arch=ARCH).report
