@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
         "--verify-top",
         type=int,
         default=3,
-        help="candidates fine-tuned for --final-epochs before choosing",
+        help="candidates fine-tuned for --final-epochs before choosing (if all miss, the most "
+        "accurate compressed trial within the tolerance is tried last)",
     )
     comp.add_argument(
         "--verify-slack",
