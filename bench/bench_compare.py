@@ -36,7 +36,8 @@ ablations ``tpe-unseeded``, ``gp`` (Gaussian-process sampler, seeded), ``random`
 search's own devices: ``no-calibration`` (the schedule's rates, no LR calibration),
 ``median-pruner`` (Optuna's median pruner instead of the feasibility one) and ``no-push`` (the
 best plan is not pushed to smaller ranks); ``macs-objective`` is rankopt maximising the MACs
-ratio instead of the parameter ratio. A search's result is what
+ratio instead of the parameter ratio; ``with-prune`` adds structured pruning (``prune``) to
+the methods. A search's result is what
 finalising returns: the original model when no candidate met the tolerance.
 
 The summary per architecture gives, for every method and tolerance, the params and MACs ratios
@@ -98,6 +99,7 @@ SEARCHES = (
     "median-pruner",
     "no-push",
     "macs-objective",
+    "with-prune",
 )
 BASELINES = ("one-shot-tucker2", "one-shot-cp", "uniform-svd", "uniform-tucker2")
 EFFICIENCY = ("rankopt", "tpe-unseeded", "gp", "random")
@@ -145,6 +147,11 @@ def search_variants_for(cfg: BenchConfig, seed: int, data: DataBundle, tol: floa
         Variant("no-push", "no pushing of the best plan", replace(base, push_factor=None)),
         Variant(
             "macs-objective", "rankopt maximising the MACs ratio", replace(base, objective="macs")
+        ),
+        Variant(
+            "with-prune",
+            "rankopt with structured pruning among the methods",
+            replace(base, methods=("tucker2", "cp", "svd", "prune")),
         ),
     ]
     return out
