@@ -58,20 +58,26 @@ def verification_candidates(study: optuna.Study, config: SearchConfig) -> list[F
     A trial whose compression is not above 1 (for the latency objective: a plan measured no
     faster than the original) is never a candidate: the original model is better.
     """
-    near = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if feasible(t, config.max_accuracy_drop + config.verify_slack)
-        and t.user_attrs["compression"] > 1.0
-    ]
+    near = _compressed_within(study, config.max_accuracy_drop + config.verify_slack)
     near.sort(key=lambda t: (-t.user_attrs["compression"], t.number))
     picked = near[: config.verify_top]
-    best = best_feasible(study, config.max_accuracy_drop)
-    if best is not None and best.user_attrs["compression"] <= 1.0:
-        best = None
+    best = max(
+        _compressed_within(study, config.max_accuracy_drop),
+        key=lambda t: (t.user_attrs["compression"], -t.number),
+        default=None,
+    )
     if best is not None and all(t.number != best.number for t in picked):
         picked.append(best)
     return picked
+
+
+def _compressed_within(study: optuna.Study, max_drop: float) -> list[FrozenTrial]:
+    """Completed trials whose drop is within ``max_drop`` and whose compression is above 1."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if feasible(t, max_drop) and t.user_attrs["compression"] > 1.0
+    ]
 
 
 def fallback_candidate(
@@ -85,18 +91,11 @@ def fallback_candidate(
     single noisy reading), the plan with the largest margin is the one most likely to hold.
     None when there is no such trial.
     """
-    safe = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.number not in tried
-        and feasible(t, config.max_accuracy_drop)
-        and t.user_attrs["compression"] > 1.0
-    ]
-    if not safe:
-        return None
+    safe = [t for t in _compressed_within(study, config.max_accuracy_drop) if t.number not in tried]
     return min(
         safe,
         key=lambda t: (t.user_attrs["accuracy_drop"], -t.user_attrs["compression"], t.number),
+        default=None,
     )
 
 
