@@ -18,16 +18,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service.cli.usage import UsageError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # Modules that add subcommands: each has ``register(subparsers)`` and sets a ``handler``
 # default (a function of the parsed args returning the exit status) on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "worker.cli_service")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line."""
+# The service's commands (``serve``, ``keys``, ``db``, the client) live in ``service.cli``, imported
+# here by name only: it is torch-free and imports ``service.api`` only when ``serve`` runs.
+COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "service.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
