@@ -22,8 +22,21 @@ from service.spec import _ARCH_RE, _SERVER_DATA_RE, BUILTIN_DATASETS, DATASET_UP
 __all__ = ["PAGE_CSP", "STATIC_DIR", "STATIC_FILES", "page_router"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: What the page loads besides ``index.html``, each served at ``/static/<name>``.
-STATIC_FILES: tuple[str, ...] = ("app.js", "style.css")
+#: What the page loads besides ``index.html``, each served at ``/static/<name>``: the style
+#: sheet and the script's ES modules (``app.js`` imports the others; no build step).
+STATIC_FILES: tuple[str, ...] = (
+    "app.js",
+    "api.js",
+    "dom.js",
+    "job.js",
+    "jobs.js",
+    "plot.js",
+    "router.js",
+    "session.js",
+    "sse.js",
+    "submit.js",
+    "style.css",
+)
 
 PAGE_CSP = "; ".join(
     [
