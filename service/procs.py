@@ -135,9 +135,7 @@ def stop_all(procs: Iterable[Proc], timeout: float = 30) -> None:
         proc.stop(max(deadline - time.monotonic(), 0.1))
 
 
-def wait_ready(
-    url: str, procs: Iterable[Proc], timeout: float = 60, pause: float = 0.1
-) -> None:
+def wait_ready(url: str, procs: Iterable[Proc], timeout: float = 60, pause: float = 0.1) -> None:
     """Return once ``url/readyz`` answers 200; HarnessError when a process exits first or the
     time runs out (the message ends with the processes' logs)."""
     procs = list(procs)
