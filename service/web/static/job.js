@@ -252,7 +252,7 @@ async function loadDetails(id, signal) {
   jobPage.trials = trials.trials;
   renderResult(result);
   renderTrials();
-  renderPlot();
+  renderPlot(jobPage);
   renderArtifacts(artifacts.artifacts);
 }
 
