@@ -25,7 +25,8 @@ class DataLimitError(DatasetError):
 
 
 class DataPathError(DatasetError):
-    """A data path does not exist or lies outside every operator-allowed data root."""
+    """A data path lies outside every operator-allowed data root (or, with code
+    ``data_path_not_found``, does not exist under them)."""
 
     code = "data_path_not_allowed"
 
