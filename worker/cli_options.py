@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from service.job_options import JobOptions, ScheduleOptions
+from service.job_options import JobOptions
 from worker.errors import UsageError
 
 __all__ = ["FLAGS", "add_option_arguments", "flag_of", "options_from_args"]
@@ -39,6 +39,13 @@ _PREFIX = "option:"  # argparse dest of an option: "option:<path>"
 def flag_of(path: str) -> str:
     """The flag of the option at ``path`` (``"trials"``, ``"schedule.max_lr"``)."""
     return FLAGS.get(path, "--" + path.replace("_", "-"))
+
+
+def _flag(path: str, info: FieldInfo) -> str:
+    """The flag of a leaf: ``--no-<name>`` for a switch that is on by default."""
+    if _scalar(info.annotation) is bool and info.default:
+        return "--no-" + path.replace("_", "-")
+    return flag_of(path)
 
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, FieldInfo]]:
@@ -68,13 +75,9 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         described = info.description or path
         common: dict[str, Any] = {"dest": _PREFIX + path, "default": argparse.SUPPRESS}
         if kind is bool:
-            if default:
-                name = "--no-" + path.replace("_", "-")
-                help_text = f"turn off: {described} (on by default)"
-                group.add_argument(name, action="store_false", help=help_text, **common)
-            else:
-                help_text = f"{described} (off by default)"
-                group.add_argument(flag_of(path), action="store_true", help=help_text, **common)
+            action = "store_false" if default else "store_true"
+            help_text = f"turn off: {described}" if default else f"{described} (off by default)"
+            group.add_argument(_flag(path, info), action=action, help=help_text, **common)
             continue
         if isinstance(default, list | tuple):
             shown = ",".join(str(v) for v in default)
@@ -93,19 +96,19 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag_of(path), type=kind, help=help_text, **common)
 
 
+_LIST_PATHS = frozenset(
+    path
+    for path, info in _leaves(JobOptions)
+    if get_origin(_scalar(info.annotation)) in (list, tuple)
+)
+
+
 def _parsed_value(path: str, value: Any) -> Any:
     if isinstance(value, str) and path in _LIST_PATHS:
         return [v.strip() for v in value.split(",") if v.strip()]
     if path in _ZERO_MEANS_NONE and value == 0:
         return None
     return value
-
-
-_LIST_PATHS = frozenset(
-    path
-    for path, info in _leaves(JobOptions)
-    if get_origin(_scalar(info.annotation)) in (list, tuple)
-)
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
@@ -140,15 +143,9 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
 
 def _flag_at(loc: list[str]) -> str | None:
     """The flag that sets the value at an error's location, if one does."""
-    if not loc:
-        return None
-    if loc[0] == "schedule":
-        if len(loc) > 1 and loc[1] in ScheduleOptions.model_fields:
-            return flag_of(f"schedule.{loc[1]}")
-        return "--schedule"
-    if loc[0] in JobOptions.model_fields:
-        field = JobOptions.model_fields[loc[0]]
-        if _scalar(field.annotation) is bool and field.default:
-            return "--no-" + loc[0].replace("_", "-")
-        return flag_of(loc[0])
-    return None
+    leaves = dict(_leaves(JobOptions))
+    for depth in (2, 1):
+        path = ".".join(loc[:depth])
+        if path in leaves:
+            return _flag(path, leaves[path])
+    return "--schedule" if loc[:1] == ["schedule"] else None
