@@ -1,6 +1,6 @@
 """The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
 
-from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
+from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
 from worker.search._context import SearchContext, prepare
 from worker.search._finalize import (
     SearchResult,
@@ -45,6 +45,7 @@ __all__ = [
     "prepare",
     "run_search",
     "run_trials",
+    "search_config",
     "seed_trials",
     "verification_candidates",
 ]
