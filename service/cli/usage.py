@@ -1,6 +1,7 @@
 """The error every ``rankopt`` subcommand raises for a problem with what the user asked for.
 
-``worker.cli.main`` prints it as one line and exits 2; it lives here, torch-free, so that the
+``worker.cli.main`` prints it as one line and exits 2, as it does the worker's own
+``worker.errors.UsageError``; it lives here, torch-free, so that the
 service's commands and the worker's share it without ``service`` importing ``worker``.
 """
 
@@ -11,3 +12,5 @@ __all__ = ["UsageError"]
 
 class UsageError(Exception):
     """A problem with what the user asked for; printed as one line."""
+
+    code = "usage_error"  # the same code as the worker's ``worker.errors.UsageError``
