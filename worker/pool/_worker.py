@@ -65,7 +65,7 @@ from worker.pool._storage import (
     optuna_storage,
     study_exists,
 )
-from worker.search import make_objective, open_study, prepare
+from worker.search import make_objective, open_study, prepare, recorded_preparation
 from worker.search._study import SearchStopped, make_sampler
 from worker.structured_logs import log_event, quiet_optuna
 from worker.training import resolve_device
@@ -308,9 +308,11 @@ class Worker:
         config = search_config_from_spec(spec, self.device, trials=job.trials_total)
         inputs = load_inputs(self.settings, job, spec)
         check()
-        ctx = PoolContext.of(prepare(inputs.model, inputs.data, config))
-        check()
         storage = self.storage
+        # A joining worker takes the baseline and the EVBMF ranks the prepare phase measured.
+        prepared = None if create else recorded_preparation(storage, job.study_name)
+        ctx = PoolContext.of(prepare(inputs.model, inputs.data, config, prepared=prepared))
+        check()
         if create:
             if delete_study_if_exists(storage, job.study_name):
                 self._log(

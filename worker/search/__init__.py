@@ -1,7 +1,7 @@
 """The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
 
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
-from worker.search._context import SearchContext, prepare
+from worker.search._context import PREPARED_ATTR, SearchContext, prepare, prepared_summary
 from worker.search._finalize import (
     SearchResult,
     best_feasible,
@@ -16,11 +16,18 @@ from worker.search._pruning import FeasibilityPruner
 from worker.search._run import Progress, default_storage, run_search, run_trials
 from worker.search._seeds import seed_trials
 from worker.search._space import LayerSpace, build_space, plan_from_params
-from worker.search._study import CONSTRAINT_ATTR, SEED_ATTR, finished_trials, open_study
+from worker.search._study import (
+    CONSTRAINT_ATTR,
+    SEED_ATTR,
+    finished_trials,
+    open_study,
+    recorded_preparation,
+)
 
 __all__ = [
     "CONSTRAINT_ATTR",
     "OBJECTIVES",
+    "PREPARED_ATTR",
     "PRUNERS",
     "SAMPLERS",
     "SEED_ATTR",
@@ -44,6 +51,8 @@ __all__ = [
     "pareto_front",
     "plan_from_params",
     "prepare",
+    "prepared_summary",
+    "recorded_preparation",
     "run_search",
     "run_trials",
     "search_config",
