@@ -19,6 +19,7 @@ twice), every retried trial is a killed worker's, and every artifact matches its
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -49,8 +50,8 @@ from worker.pool import WORKER_ATTR, Counts
 
 pytestmark = pytest.mark.slow
 
-JOBS = 3
-TRIALS = 5
+JOBS = 2
+TRIALS = 4
 WORKERS = 3
 #: Seconds between two worker kills, and the most kills in one run.
 KILL_EVERY = 4.0
@@ -58,6 +59,8 @@ MAX_KILLS = 4
 TRIAL_HEARTBEAT = 1.0
 #: The database outage: longer than twice the trial heartbeat.
 OUTAGE = 3.0
+#: Seconds the jobs may take (on 2 loaded cores, with the workers restarting).
+DEADLINE = float(os.environ.get("RANKOPT_CHURN_DEADLINE", "420"))
 SPEC: dict[str, Any] = {
     "arch": "rankopt:tinycnn",
     "dataset": "digits",
@@ -127,7 +130,7 @@ class Churn:
         self.api_kills += 1
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_jobs_succeed_through_worker_churn_an_api_kill_and_a_database_outage(
     weights: Path, tmp_path: Path
 ) -> None:
@@ -156,7 +159,7 @@ def test_jobs_succeed_through_worker_churn_an_api_kill_and_a_database_outage(
             last_kill = time.monotonic()
             pending = set(jobs)
             while pending:
-                assert time.monotonic() - started < 260, "the jobs did not end in time"
+                assert time.monotonic() - started < DEADLINE, "the jobs did not end in time"
                 for job_id in list(pending):
                     if poller.get(job_id, 60)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
                         pending.discard(job_id)
