@@ -308,11 +308,11 @@ class Worker:
         config = search_config_from_spec(spec, self.device, trials=job.trials_total)
         inputs = load_inputs(self.settings, job, spec)
         check()
-        storage = self.storage
         # A joining worker takes the baseline and the EVBMF ranks the prepare phase measured.
-        prepared = None if create else recorded_preparation(storage, job.study_name)
+        prepared = None if create else recorded_preparation(self.storage, job.study_name)
         ctx = PoolContext.of(prepare(inputs.model, inputs.data, config, prepared=prepared))
         check()
+        storage = self.storage
         if create:
             if delete_study_if_exists(storage, job.study_name):
                 self._log(
