@@ -12,6 +12,10 @@ but a SIGKILL can land in it, and the trial would then block its budget slot for
 reaper fails such a trial too once it has seen it RUNNING without any heartbeat for
 ``silent_after`` seconds (by its own clock, so clock skew between machines does not matter),
 and retries it like a stale one.
+
+The reaper reads the job table through the :class:`~service.store.Store` and Optuna's heartbeat
+table through :mod:`service.store.optuna_tables`. While the database is unreachable it says so
+(once per outage), whatever error a library wrapped the outage in.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from service.store import JobRecord, JobStatus, Store
-from service.store.engine import describe_outage
+from service.store import JobRecord, JobStatus, Store, describe_outage
 from service.store.optuna_tables import trials_with_heartbeat
 from worker.pool._budget import count
 from worker.structured_logs import log_event
