@@ -138,6 +138,12 @@ class TrialOut(BaseModel):
     params_count: int | None = None
     macs: int | None = None
     latency_s: float | None = None
+    latency_ratio: float | None = Field(
+        default=None, description="measured latency over the original's (with max_latency_ratio)"
+    )
+    latency_met: bool | None = Field(
+        default=None, description="within max_latency_ratio (none: no latency constraint)"
+    )
     duration_s: float | None = None
     worker: str | None = Field(default=None, description="the worker process that ran it")
 

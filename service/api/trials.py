@@ -3,8 +3,9 @@
 The API imports no Optuna: the live study ``job-<id>`` is read with SQLAlchemy Core from the
 tables Optuna's RDB storage keeps in the same database (``studies``, ``trials``,
 ``trial_params``, ``trial_user_attributes``). The worker's objective stores ``plan``,
-``accuracy``, ``accuracy_drop``, ``compression``, ``params_count``, ``macs``, ``latency_s``
-and ``seconds`` as user attributes (JSON text), and a seed trial's label under ``seed``.
+``accuracy``, ``accuracy_drop``, ``compression``, ``params_count``, ``macs``, ``latency_s``,
+``latency_ratio``, ``latency_met`` and ``seconds`` as user attributes (JSON text), and a seed
+trial's label under ``seed``.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def read_study_trials(engine: Engine, study_name: str) -> list[dict[str, Any]] |
                 "params_count": user.get("params_count"),
                 "macs": user.get("macs"),
                 "latency_s": user.get("latency_s"),
+                "latency_ratio": user.get("latency_ratio"),
+                "latency_met": user.get("latency_met"),
                 "duration_s": duration,
                 "worker": user.get("worker"),
             }

@@ -223,6 +223,8 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
         "params_count": attrs.get("params_count"),
         "macs": attrs.get("macs"),
         "latency_s": attrs.get("latency_s"),
+        LATENCY_RATIO_ATTR: attrs.get(LATENCY_RATIO_ATTR),
+        LATENCY_MET_ATTR: attrs.get(LATENCY_MET_ATTR),
         "duration_s": duration,
         "worker": attrs.get("worker"),  # set by the worker pool: which process ran it
     }
