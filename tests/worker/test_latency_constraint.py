@@ -175,7 +175,8 @@ def test_the_original_is_kept_when_every_plan_is_slower(
         and n_params(ctx.compress(Plan.from_dict(t.user_attrs["plan"]))) != original
     )
     assert not report["found_feasible"] and report["plan"] == Plan().to_dict()
-    assert "latency" in report["kept_original_reason"]
+    reason = report["kept_original_reason"]
+    assert "latency" in reason and ("slower than the limit" in reason or "candidate" in reason)
     final = report["final"]
     assert final["latency_ratio"] == 1.0  # the original itself
     assert final["latency_constraint_met"] is True and final["constraint_met"] is True
