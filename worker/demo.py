@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         _table(
             [
-                ("", "original", "compressed"),
+                ("", "original", "compressed" if result["found_feasible"] else "kept original"),
                 ("params", f"{before.params:,}", f"{after.params:,} ({p_ratio:.2f}x)"),
                 ("MACs", f"{before.macs:,}", f"{after.macs:,} ({m_ratio:.2f}x)"),
                 ("latency", f"{lat_before * 1e6:.0f} us", f"{lat_after * 1e6:.0f} us"),
