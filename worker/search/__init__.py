@@ -1,6 +1,6 @@
 """The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
 
-from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
+from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
 from worker.search._context import SearchContext, prepare
 from worker.search._finalize import (
     SearchResult,
@@ -14,7 +14,8 @@ from worker.search._latency import measure_latency, measure_speedup
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
 from worker.search._run import Progress, default_storage, run_search, run_trials
-from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
+from worker.search._seeds import seed_trials
+from worker.search._space import LayerSpace, build_space, plan_from_params
 from worker.search._study import CONSTRAINT_ATTR, SEED_ATTR, finished_trials, open_study
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "prepare",
     "run_search",
     "run_trials",
+    "search_config",
     "seed_trials",
     "verification_candidates",
 ]
