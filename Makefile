@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean deploy-tools browser-tools
+.PHONY: demo test lint bench install clean deploy-tools browser-tools k8s-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,7 +42,18 @@ browser-tools:
 	      apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } || \
 	  echo "chromium could not be installed; the browser tests will be skipped"
 
-test: lint deploy-tools browser-tools
+# tests/test_kubernetes.py renders deploy/kubernetes with `kubectl kustomize`: install Debian's
+# kubectl (package kubernetes-client) when neither kubectl nor kustomize is on PATH. Never fails:
+# without root or apt the Kubernetes tests are skipped with the reason.
+k8s-tools:
+	@{ command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1; } || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q kubernetes-client >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q kubernetes-client >/dev/null 2>&1; }; } || \
+	  echo "kubectl could not be installed; the Kubernetes manifest tests will be skipped"
+
+test: lint deploy-tools browser-tools k8s-tools
 	bash .ci/pytest
 
 demo: $(STAMP)
