@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from worker.data._bundle import DataBundle, DataSplits, array_splits
@@ -271,9 +270,7 @@ def _check_headers(headers: Mapping[str, _Header], limits: DataLimits) -> None:
                 "4-D (N, C, H, W), or (N, H, W, C) with C of 1 or 3"
             )
         if not (len(y_shape) == 1 or (len(y_shape) == 2 and y_shape[1] == 1)):
-            raise error(
-                f"{y_key} has shape {y_shape} ({len(y_shape)}-D); expected 1-D (N,) labels"
-            )
+            raise error(f"{y_key} has shape {y_shape} ({len(y_shape)}-D); expected 1-D (N,) labels")
         if x_shape[0] != y_shape[0]:
             raise error(
                 f"{x_key} holds {x_shape[0]} examples but {y_key} holds {y_shape[0]} labels; "

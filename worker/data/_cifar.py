@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import torch
 
 from worker.data._bundle import DataBundle, DataSplits, array_splits

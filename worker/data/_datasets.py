@@ -58,7 +58,7 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]], ABC):
         """A stable identity of example ``index`` (a file path, or a digest of the pixels)."""
 
     @abstractmethod
-    def select(self: _D, indices: Sequence[int] | np.ndarray) -> _D:
+    def select(self, indices: Sequence[int] | np.ndarray) -> LabeledDataset:
         """A dataset of the examples at ``indices``, in that order (same transform)."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +146,7 @@ class ArrayDataset(LabeledDataset):
     def key(self, index: int) -> str:
         return hashlib.sha1(self.x[index].contiguous().numpy().tobytes()).hexdigest()
 
-    def select(self: _D, indices: Sequence[int] | np.ndarray) -> _D:
+    def select(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         other = copy.copy(self)
         other.x = self.x[idx]
@@ -191,7 +191,7 @@ class FolderDataset(LabeledDataset):
     def key(self, index: int) -> str:
         return str(self.files[index])
 
-    def select(self: _D, indices: Sequence[int] | np.ndarray) -> _D:
+    def select(self, indices: Sequence[int] | np.ndarray) -> FolderDataset:
         other = copy.copy(self)
         picked = [int(i) for i in np.asarray(indices, dtype=np.int64)]
         other.files = [self.files[i] for i in picked]

@@ -35,6 +35,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,6 +59,9 @@ from worker.data._transforms import (
     IMAGENET_STD,
     check_preprocess,
 )
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = ["IMAGE_EXTENSIONS", "STATS_SAMPLES", "load_image_folder", "open_image_folder"]
 
@@ -128,20 +132,16 @@ class ImageDecoder:
         return (self.pixels(file) - self.mean) / self.std
 
 
-def _resize_shorter(img: object, side: int) -> object:
+def _resize_shorter(img: PILImage, side: int) -> PILImage:
     from PIL import Image
 
-    assert isinstance(img, Image.Image)
     width, height = img.size
     scale = side / min(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return img.resize(size, Image.Resampling.BILINEAR)
 
 
-def _centre_crop(img: object, side: int) -> object:
-    from PIL import Image
-
-    assert isinstance(img, Image.Image)
+def _centre_crop(img: PILImage, side: int) -> PILImage:
     width, height = img.size
     left, top = max(0, (width - side) // 2), max(0, (height - side) // 2)
     return img.crop((left, top, left + side, top + side))
@@ -193,6 +193,8 @@ def open_image_folder(
     if keep is not None:
         files, labels = [files[i] for i in keep], labels[keep]
         parts["train"] = (files, labels)
+    mu: tuple[float, ...]
+    sigma: tuple[float, ...]
     if preprocess == "imagenet":
         mu, sigma = IMAGENET_MEAN, IMAGENET_STD
     elif mean is None or std is None:

@@ -9,9 +9,7 @@ from worker.data._errors import DatasetError
 __all__ = [
     "cap_index",
     "cap_train",
-    "channel_stats",
     "check_split_args",
-    "normalise",
     "resolve_split_seed",
     "stratified_split",
     "three_way_split",
@@ -137,19 +135,3 @@ def cap_index(n: int, *, max_train: int | None, seed: int) -> np.ndarray | None:
     if max_train is None or n <= max_train:
         return None
     return np.sort(np.random.default_rng(seed).permutation(n)[:max_train])
-
-
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of ``x`` (N, C, H, W); a zero std becomes 1."""
-    channels = x.shape[1]
-    mean = np.array([x[:, c].mean(dtype=np.float64) for c in range(channels)])
-    std = np.array([x[:, c].std(dtype=np.float64) for c in range(channels)])
-    std[std < 1e-8] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` per channel, in float32; ``x`` is (N, C, H, W)."""
-    out = np.asarray(x, dtype=np.float32)
-    shape = (1, -1, 1, 1)
-    return (out - mean.reshape(shape).astype(np.float32)) / std.reshape(shape).astype(np.float32)
