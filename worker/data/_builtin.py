@@ -147,9 +147,13 @@ def open_fashion_mnist(
     logger.info("loaded fashion-mnist: %d train, %d val, %d test", len(tr), len(va), len(y_test))
     return array_splits(
         "fashion-mnist",
-        train=(x[tr], y[tr]),
-        val=(x[va], y[va]),
-        test=(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+        train=(x[tr], y[tr], tr),
+        val=(x[va], y[va], va),
+        test=(
+            torch.from_numpy(x_test),
+            torch.from_numpy(y_test),
+            len(y) + torch.arange(len(y_test)),
+        ),
         num_classes=10,
         split_seed=split_seed,
         test_note="the official Fashion-MNIST test set (10,000 images)",
@@ -212,9 +216,9 @@ def _carve(
         train_idx = train_idx[keep]
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
-    def pick(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def pick(idx: np.ndarray) -> tuple[torch.Tensor, ...]:
         index = torch.from_numpy(idx)
-        return xt[index], yt[index]
+        return xt[index], yt[index], index
 
     note = (
         f"no official test set: {test_fraction:g} of {name} carved out (seeded, stratified)"

@@ -160,20 +160,24 @@ class DataBundle:
 def array_splits(
     name: str,
     *,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor] | None,
+    train: tuple[torch.Tensor, ...],
+    val: tuple[torch.Tensor, ...],
+    test: tuple[torch.Tensor, ...] | None,
     num_classes: int,
     split_seed: int,
     test_note: str,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> DataSplits:
-    """:class:`DataSplits` of in-memory ``(x, y)`` pairs (``mean``/``std``: for uint8 ``x``)."""
+    """:class:`DataSplits` of in-memory ``(x, y)`` or ``(x, y, ids)`` tensors.
 
-    def wrap(pair: tuple[torch.Tensor, torch.Tensor]) -> ArrayDataset:
-        x, y = pair
-        return ArrayDataset(x.contiguous(), y.contiguous(), mean=mean, std=std)
+    ``mean``/``std`` normalise uint8 ``x``; ``ids`` number the examples within the source.
+    """
+
+    def wrap(part: tuple[torch.Tensor, ...]) -> ArrayDataset:
+        x, y = part[0], part[1]
+        ids = part[2] if len(part) > 2 else None
+        return ArrayDataset(x.contiguous(), y.contiguous(), mean=mean, std=std, ids=ids)
 
     return DataSplits(
         name=name,

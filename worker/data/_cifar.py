@@ -109,9 +109,13 @@ def open_cifar10(
     )
     return array_splits(
         "cifar10",
-        train=(images[tr], labels[tr]),
-        val=(images[va], labels[va]),
-        test=(torch.from_numpy(_to_images(x_test)), torch.from_numpy(y_test)),
+        train=(images[tr], labels[tr], tr),
+        val=(images[va], labels[va], va),
+        test=(
+            torch.from_numpy(_to_images(x_test)),
+            torch.from_numpy(y_test),
+            len(labels) + torch.arange(len(y_test)),
+        ),
         num_classes=_NUM_CLASSES,
         split_seed=split_seed,
         test_note="CIFAR-10's test_batch",

@@ -89,6 +89,9 @@ class ArrayDataset(LabeledDataset):
 
     ``x`` is either float32, already normalised (used as is), or uint8, in which case a batch
     is scaled by 1/255 and normalised with ``mean``/``std`` per channel when it is read.
+    ``ids`` (optional, ``(N,)`` int64) number each example within its source, so splits carved
+    out of one source can be proved disjoint even where the source holds duplicate images;
+    without them an example's key is a digest of its pixels.
     """
 
     in_memory = True
@@ -101,6 +104,7 @@ class ArrayDataset(LabeledDataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         transform: Transform | None = None,
+        ids: torch.Tensor | None = None,
     ) -> None:
         if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(
@@ -111,6 +115,7 @@ class ArrayDataset(LabeledDataset):
         self.x = x
         self.targets = y.to(torch.int64)
         self.transform = transform
+        self.ids = ids
         self._scale: tuple[torch.Tensor, torch.Tensor] | None = None
         if x.dtype == torch.uint8:
             channels = int(x.shape[1])
@@ -144,6 +149,8 @@ class ArrayDataset(LabeledDataset):
         return self._convert(self.x), self.targets
 
     def key(self, index: int) -> str:
+        if self.ids is not None:
+            return f"#{int(self.ids[index])}"
         return hashlib.sha1(self.x[index].contiguous().numpy().tobytes()).hexdigest()
 
     def select(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
@@ -151,6 +158,7 @@ class ArrayDataset(LabeledDataset):
         other = copy.copy(self)
         other.x = self.x[idx]
         other.targets = self.targets[idx]
+        other.ids = None if self.ids is None else self.ids[idx]
         return other
 
     @property
