@@ -37,7 +37,8 @@ class DataSplits:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one example."""
-        return self.val.sample_shape
+        c, h, w = self.val.sample_shape
+        return c, h, w
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A batch of validation images (no transform), for tracing a model."""

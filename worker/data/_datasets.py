@@ -74,10 +74,9 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]], ABC):
         return other
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
+    def sample_shape(self) -> tuple[int, ...]:
         """(C, H, W) of one example, before any transform."""
-        c, h, w = self.image(0).shape
-        return int(c), int(h), int(w)
+        return tuple(int(d) for d in self.image(0).shape)
 
     def labels(self) -> np.ndarray:
         """``targets`` as a numpy int64 array."""
@@ -85,9 +84,10 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]], ABC):
 
 
 class ArrayDataset(LabeledDataset):
-    """Images held in one ``(N, C, H, W)`` tensor.
+    """Images held in one ``(N, C, H, W)`` tensor (other shapes, flat features say, are used as
+    given).
 
-    ``x`` is either float32, already normalised (used as is), or uint8, in which case a batch
+    ``x`` is either float32, already normalised (used as is), or uint8 images, in which case a batch
     is scaled by 1/255 and normalised with ``mean``/``std`` per channel when it is read.
     ``ids`` (optional, ``(N,)`` int64) number each example within its source, so splits carved
     out of one source can be proved disjoint even where the source holds duplicate images;
@@ -106,18 +106,16 @@ class ArrayDataset(LabeledDataset):
         transform: Transform | None = None,
         ids: torch.Tensor | None = None,
     ) -> None:
-        if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(
-                f"x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+                f"x must be (N, ...) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
             )
-        if x.dtype not in (torch.float32, torch.uint8):
-            raise ValueError(f"x must be float32 or uint8, got {x.dtype}")
         self.x = x
         self.targets = y.to(torch.int64)
         self.transform = transform
         self.ids = ids
         self._scale: tuple[torch.Tensor, torch.Tensor] | None = None
-        if x.dtype == torch.uint8:
+        if x.dtype == torch.uint8 and x.ndim == 4:
             channels = int(x.shape[1])
             mu = torch.tensor(mean if mean is not None else [0.0] * channels)
             sigma = torch.tensor(std if std is not None else [1.0] * channels)
@@ -162,9 +160,8 @@ class ArrayDataset(LabeledDataset):
         return other
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.x.shape[1:]
-        return int(c), int(h), int(w)
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
 
 
 class FolderDataset(LabeledDataset):
@@ -190,7 +187,7 @@ class FolderDataset(LabeledDataset):
         self.transform = transform
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
+    def sample_shape(self) -> tuple[int, ...]:
         return self.shape if self.shape is not None else super().sample_shape
 
     def image(self, index: int) -> torch.Tensor:

@@ -98,27 +98,11 @@ def as_dataset(
             raise ValueError(f"y must be one-dimensional class labels, got shape {tuple(y.shape)}")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
-        if x.ndim == 4 and x.dtype in (torch.float32, torch.uint8):
-            return ArrayDataset(x, y)
-        return _TensorPairs(x, y)
+        return ArrayDataset(x, y)
     raise ValueError(
         "data must be a DataBundle, DataSplits, a dataset or an (x, y) tuple, "
         f"got {type(data).__name__}"
     )
-
-
-class _TensorPairs(ArrayDataset):
-    """``(x, y)`` tensors of any input shape and dtype (flat features, say), used as given."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x = x
-        self.targets = y.to(torch.int64)
-        self.transform = None
-        self._scale = None
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        raise ValueError("flat (x, y) tensors have no image shape")
 
 
 def budget_indices(
@@ -178,7 +162,7 @@ class BatchReader:
         self.dataset = dataset
         direct = isinstance(dataset, ArrayDataset) and options.num_workers == 0
         self._array = dataset if isinstance(dataset, ArrayDataset) and direct else None
-        self.pin = options.loader_kwargs(device)["pin_memory"]
+        self.pin = device.type == "cuda" and options.loader_kwargs(device)["pin_memory"]
         self._sampler = _EpochBatches()
         self._loader: DataLoader[Any] | None = None
         if self._array is None:
