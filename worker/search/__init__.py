@@ -14,7 +14,8 @@ from worker.search._latency import measure_latency, measure_speedup
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
 from worker.search._run import Progress, default_storage, run_search, run_trials
-from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
+from worker.search._seeds import seed_trials
+from worker.search._space import LayerSpace, build_space, plan_from_params
 from worker.search._study import CONSTRAINT_ATTR, SEED_ATTR, finished_trials, open_study
 
 __all__ = [

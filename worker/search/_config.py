@@ -39,7 +39,10 @@ class SearchConfig:
     over ``rank_scale``) and evaluated on up to ``sensitivity_samples`` validation examples
     without fine-tuning; for each budget in
     ``sensitivity_budgets`` (points) a seed takes every layer at the smallest scale within it.
-    An empty ``sensitivity_budgets`` skips the analysis.
+    An empty ``sensitivity_budgets`` skips the analysis. For each of ``ratio_targets`` a seed
+    allocates per-layer ranks greedily from the same curves for the best predicted accuracy at
+    that compression ratio (:mod:`worker.search._ratio_seeds`); with targets, the scan goes on
+    to deeper ranks (until a layer alone loses ``SCAN_STOP_POINTS``).
 
     ``pruner`` stops trials between epochs: ``feasibility`` only when the trial's drop cannot
     come back within ``max_accuracy_drop + verify_slack`` even with the largest recovery a
@@ -54,7 +57,9 @@ class SearchConfig:
     trials whose drop is within ``max_accuracy_drop + verify_slack``, most compressed first,
     are fine-tuned for ``final_epochs``; the first that meets the tolerance wins. A short
     trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it. When all
-    fail, the most accurate compressed trial within the tolerance is tried last.
+    fail, the most accurate compressed trial within the tolerance is tried last. When the
+    chosen plan leaves a margin, up to ``spend_steps`` more final fine-tunes bisect a factor on
+    all of its rank scales to spend it (:mod:`worker.search._spend`); 0 turns that off.
 
     Pushing: whenever a trial becomes the most compressed within ``max_accuracy_drop +
     verify_slack``, its plan with every rank
@@ -94,6 +99,8 @@ class SearchConfig:
     sensitivity_budgets: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     sensitivity_points: int = 9
     sensitivity_samples: int = 2000
+    ratio_targets: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 32.0)
+    spend_steps: int = 2
     distill_weight: float = 0.5
     temperature: float = 2.0
     verify_top: int = 3
@@ -146,6 +153,10 @@ class SearchConfig:
             raise ValueError(
                 f"sensitivity_budgets must be points >= 0, got {self.sensitivity_budgets}"
             )
+        if any(not 1 < r < math.inf for r in self.ratio_targets):
+            raise ValueError(f"ratio_targets must be ratios > 1, got {self.ratio_targets}")
+        if self.spend_steps < 0:
+            raise ValueError(f"spend_steps must be >= 0, got {self.spend_steps}")
         if self.sensitivity_points < 1 or self.sensitivity_samples < 1:
             raise ValueError("sensitivity_points and sensitivity_samples must be >= 1")
         if not 0 <= self.distill_weight <= 1:
@@ -178,5 +189,6 @@ class SearchConfig:
         data["rank_scale"] = list(self.rank_scale)
         data["methods"] = list(self.methods) if self.methods is not None else None
         data["sensitivity_budgets"] = list(self.sensitivity_budgets)
+        data["ratio_targets"] = list(self.ratio_targets)
         data["lr_scales"] = list(self.lr_scales)
         return data

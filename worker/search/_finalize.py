@@ -18,6 +18,7 @@ from tensorops import Plan, measure_cost, save_compressed
 from tensorops.methods import get_method
 from worker.search._config import SearchConfig, drop_points
 from worker.search._context import SearchContext
+from worker.search._spend import SpendResult, spend_margin
 from worker.search._study import SEED_ATTR
 from worker.training import EvalResult, evaluate
 
@@ -99,6 +100,14 @@ def fallback_candidate(
     )
 
 
+def _verify_budget(config: SearchConfig, trial: FrozenTrial) -> tuple[int, int]:
+    """Epochs and seed of a candidate's fine-tune: the final one, or with ``final_epochs ==
+    0`` the trial's own again."""
+    if config.final_epochs > 0:
+        return config.final_epochs, config.seed
+    return config.epochs_per_trial, config.seed + trial.number
+
+
 def _choose(
     ctx: SearchContext, study: optuna.Study
 ) -> tuple[FrozenTrial | None, nn.Module, EvalResult, list[dict[str, Any]]]:
@@ -119,10 +128,7 @@ def _choose(
     for trial in candidates:
         plan = Plan.from_dict(trial.user_attrs["plan"])
         model = ctx.compress(plan)
-        if config.final_epochs > 0:
-            epochs, seed = config.final_epochs, config.seed
-        else:
-            epochs, seed = config.epochs_per_trial, config.seed + trial.number
+        epochs, seed = _verify_budget(config, trial)
         if len(plan.decomposed()) > 0:
             fit = ctx.finetune(model, epochs=epochs, seed=seed)
             # finetune's last evaluation is of the weights it leaves: no second pass needed.
@@ -217,6 +223,13 @@ def finalize(
     out_dir.mkdir(parents=True, exist_ok=True)
     best, model, result, checks = _choose(ctx, study)
     plan = Plan.from_dict(best.user_attrs["plan"]) if best is not None else Plan()
+    spent = SpendResult(skipped="no plan met the tolerance")
+    if best is not None and len(plan.decomposed()) > 0:
+        epochs, seed = _verify_budget(config, best)
+        drop = drop_points(ctx.baseline_accuracy, result.accuracy)
+        spent = spend_margin(ctx, best, plan, drop, epochs=epochs, seed=seed)
+        if spent.plan is not None and spent.model is not None and spent.result is not None:
+            plan, model, result = spent.plan, spent.model, spent.result
     model = model.to("cpu").eval()
     latency_after = ctx.latency(model)
     latency_before = ctx.baseline_latency or ctx.latency(ctx.model)
@@ -275,8 +288,10 @@ def finalize(
             "latency": latency_before / max(latency_after, 1e-12),
         },
         "chosen_trial": best.number if best is not None else None,
+        "chosen_by_spending": spent.plan is not None,
         "found_feasible": best is not None,
         "verification": checks,
+        "spend": spent.to_dict(margin_left=config.max_accuracy_drop - drop),
         "plan": plan.to_dict(),
         "layers": layer_plan,
         "search": config.to_dict(),

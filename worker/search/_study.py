@@ -13,7 +13,7 @@ from worker.search._calibrate import LR_CALIBRATION_ATTR, LrCalibration
 from worker.search._config import SearchConfig
 from worker.search._context import SearchContext
 from worker.search._pruning import FeasibilityPruner
-from worker.search._space import seed_trials
+from worker.search._seeds import seed_trials
 
 logger = logging.getLogger(__name__)
 
