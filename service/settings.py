@@ -19,10 +19,11 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.names import ENV_PREFIX, FACTORY_RE
+
 __all__ = ["MIB", "Settings", "get_settings"]
 
 MIB = 1 << 20
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _DASHBOARD_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
@@ -61,6 +62,13 @@ class Settings(BaseSettings):
         trial_heartbeat_seconds: Optuna trial heartbeat interval (stale trials are retried).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         max_trial_failures: failed trials after which a job is failed.
+        max_phase_attempts: times a job's prepare or finalize phase may raise (the worker
+            recorded an error and gave the lease back) before the job is failed
+            (``prepare_failed`` / ``finalize_failed``).
+        max_lost_leases: times the worker of a job's prepare or finalize phase may vanish (its
+            lease expired with no error recorded: killed, crashed, stalled) before the job is
+            failed (``prepare_lost`` / ``finalize_lost``); larger than ``max_phase_attempts``,
+            since a worker killed from outside says nothing about the job.
         db_pool_size: PostgreSQL: connections each engine keeps open per process (a worker
             process has two engines, the job store's and Optuna's; the API one).
         db_max_overflow: PostgreSQL: extra connections an engine may open under load.
@@ -70,7 +78,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="RANKOPT_",
+        env_prefix=ENV_PREFIX,
         extra="ignore",
         validate_default=True,
     )
@@ -87,6 +95,8 @@ class Settings(BaseSettings):
     trial_heartbeat_seconds: float = Field(default=30.0, gt=0)
     device: str = "auto"
     max_trial_failures: int = Field(default=5, ge=1)
+    max_phase_attempts: int = Field(default=3, ge=1)
+    max_lost_leases: int = Field(default=10, ge=1)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_recycle_seconds: float = Field(default=1800.0, ge=0)
@@ -135,7 +145,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_factories(cls, value: list[str]) -> list[str]:
         for item in value:
-            if not _FACTORY_RE.match(item):
+            if not FACTORY_RE.fullmatch(item):
                 raise ValueError(
                     f"allowed factory {item!r} is not of the form 'package.module:function'"
                 )

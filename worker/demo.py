@@ -5,7 +5,9 @@
    database and a local artifact folder under ``runs/demo``, and creates an API key;
 3. submits a compression job over HTTP, follows it with a progress bar (server-sent events);
 4. downloads the compressed checkpoint (SHA-256 checked), loads it in one call, checks its
-   accuracy against the report and prints a before/after table;
+   accuracy against the report and prints a before/after table (the job asks for a model no
+   slower than the original, ``max_latency_ratio`` 1.0; the table says whether it is, and why
+   the original was kept if no compressed plan was fast enough);
 5. stops everything it started, also on Ctrl-C or error.
 """
 
@@ -13,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from service.procs import Proc, free_port, rankopt_env, stop_all, wait_ready
 
 OUT = Path("runs/demo")
 ARCH = "rankopt:lenet5"
@@ -34,78 +34,40 @@ SPEC: dict[str, Any] = {
     "epochs_per_trial": 2,
     "final_epochs": 6,
     "max_accuracy_drop": 1.0,
+    "max_latency_ratio": 1.0,  # smaller and never slower (at batch 1, the table's)
     "exports": ["torchscript", "onnx"],
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _env(root: Path, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
+    return rankopt_env(
         {
             "RANKOPT_DATABASE_URL": f"sqlite:///{(root / 'rankopt.db').resolve()}",
             "RANKOPT_ARTIFACT_ROOT": str((root / "artifacts").resolve()),
             "RANKOPT_DEVICE": "cpu",
             "RANKOPT_URL": f"http://127.0.0.1:{port}",
-            "OMP_NUM_THREADS": "1",
         }
     )
-    return env
 
 
 @contextmanager
-def _processes(
-    root: Path, env: dict[str, str], port: int
-) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _processes(root: Path, env: dict[str, str], port: int) -> Iterator[list[Proc]]:
     """The API and two workers, logging to ``root/logs``; all stopped on exit."""
     logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    rankopt = [sys.executable, "-m", "worker.cli"]
     commands = {
-        "api": [*rankopt, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        "worker-1": [*rankopt, "worker", "--device", "cpu"],
-        "worker-2": [*rankopt, "worker", "--device", "cpu"],
+        "api": ["serve", "--host", "127.0.0.1", "--port", str(port)],
+        "worker-1": ["worker", "--device", "cpu"],
+        "worker-2": ["worker", "--device", "cpu"],
     }
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Proc] = []
     try:
-        for name, command in commands.items():
-            log = (logs / f"{name}.log").open("ab")
-            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-            print(f"   started {name} (pid {procs[-1].pid}), log in {logs / (name + '.log')}")
+        for name, args in commands.items():
+            procs.append(Proc(name, args, env=env, log=logs / f"{name}.log", append=True))
+            print(f"   started {name} (pid {procs[-1].pid}), log in {procs[-1].log}")
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
         print("== stopped the API and both workers")
-
-
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError("a service process exited at start-up; see runs/demo/logs")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the API at {url} did not become ready in {timeout:.0f}s")
 
 
 def _watch(client: Any, job_id: str) -> dict[str, Any]:
@@ -146,6 +108,22 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _latency_verdict(result: dict[str, Any]) -> str:
+    """What the job's report says about the latency constraint, in one line."""
+    final = result["final"]
+    limit, ratio = final.get("max_latency_ratio"), final.get("latency_ratio")
+    if limit is None:
+        return "the job set no latency constraint"
+    if not result.get("found_feasible"):
+        reason = result.get("kept_original_reason") or "no plan met the constraints"
+        return f"kept the original model: {reason}"
+    verdict = "met" if final.get("latency_constraint_met") else "NOT met"
+    return (
+        f"latency constraint (at most x{limit:g} of the original's) {verdict}: the search "
+        f"measured the compressed model at x{ratio:.3f} of the original's latency"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete runs/demo first")
@@ -162,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from tensorops import load_compressed, measure_cost
     from worker.cli import main as cli_main
     from worker.data import load_dataset
-    from worker.search import measure_latency
+    from worker.search import measure_latency, measure_speedup
     from worker.training import evaluate
     from worker.weights import load_weights, read_state_dict
     from worker.zoo import get_model
@@ -177,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if code:
             return code
-    port = _free_port()
+    port = free_port()
     env = _env(OUT, port)
     url = env["RANKOPT_URL"]
     settings = Settings(
@@ -188,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     store.dispose()
     print(f"== starting the API on {url} and two workers (SQLite: {OUT / 'rankopt.db'})")
     with _processes(OUT, env, port) as procs:
-        _wait_ready(url, procs)
+        wait_ready(url, procs, pause=0.3)
         with RankoptClient(url, key) as client:
             job = client.submit(SPEC, weights)
             print(f"== submitted job {job['id']}: {json.dumps(SPEC)}")
@@ -212,15 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     load_weights(original, read_state_dict(weights))
     example = data.example_input(1)
     before, after = measure_cost(original, example), measure_cost(small, example)
-    lat_before = measure_latency(original, example, device=torch.device("cpu"), repeats=50)
-    lat_after = measure_latency(small, example, device=torch.device("cpu"), repeats=50)
+    cpu = torch.device("cpu")
+    lat_before = measure_latency(original, example, device=cpu, repeats=50)
+    # Timed interleaved with the original (as the search does), so that load from other
+    # processes hits both alike rather than passing for a slower or faster model.
+    lat_after = lat_before / measure_speedup(original, small, example, device=cpu, repeats=50)
     base = result["baseline"]["accuracy"]
     p_ratio, m_ratio = before.params / after.params, before.macs / after.macs
-    print("== before and after (latency: batch 1, CPU, 1 thread, median of 50)")
+    print("== before and after (latency: batch 1, CPU, 1 thread, median of 50 interleaved)")
     print(
         _table(
             [
-                ("", "original", "compressed"),
+                ("", "original", "compressed" if result["found_feasible"] else "kept original"),
                 ("params", f"{before.params:,}", f"{after.params:,} ({p_ratio:.2f}x)"),
                 ("MACs", f"{before.macs:,}", f"{after.macs:,} ({m_ratio:.2f}x)"),
                 ("latency", f"{lat_before * 1e6:.0f} us", f"{lat_after * 1e6:.0f} us"),
@@ -233,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loaded accuracy {accuracy} differs from the report's {reported}", file=sys.stderr)
         return 1
     print(f"== the loaded checkpoint reproduces the reported accuracy ({100 * reported:.2f}%)")
+    print(f"== {_latency_verdict(result)}")
     if workers:
         print(f"== trials were run by {len(workers)} workers: {', '.join(workers)}")
     return 0

@@ -8,7 +8,6 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +52,6 @@ from worker.training import evaluate
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_weights(tmp_path_factory)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    s = Store.from_settings(settings)
-    try:
-        yield s
-    finally:
-        s.dispose()
-
-
-@pytest.fixture
-def owner(store: Store) -> ApiKeyRecord:
-    return store.create_api_key("alice")[1]
 
 
 def make_worker(settings: Settings, store: Store, name: str = "w-test") -> Worker:
@@ -171,15 +151,21 @@ def _pickled_object() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "content", "suffix", "needle"),
+    ("overrides", "content", "suffix", "needle", "code"),
     [
-        ({}, b"not a safetensors file", ".safetensors", "weights"),
-        ({}, "pickle", ".pt", "weights"),
-        ({"arch": "rankopt:lenet5"}, None, ".safetensors", "weights do not fit"),
-        ({"arch": "os.path:join"}, None, ".safetensors", "not an allowed model factory"),
-        ({"dataset": "folder:/etc"}, None, ".safetensors", "dataset"),
-        ({"methods": ["nonsense"]}, None, ".safetensors", "methods"),
-        ({"epochs_per_trial": 0}, None, ".safetensors", "epochs_per_trial"),
+        ({}, b"not a safetensors file", ".safetensors", "weights", "invalid_weights"),
+        ({}, "pickle", ".pt", "weights", "invalid_weights"),
+        ({"arch": "rankopt:lenet5"}, None, ".safetensors", "weights do not fit", "invalid_weights"),
+        (
+            {"arch": "os.path:join"},
+            None,
+            ".safetensors",
+            "not an allowed model factory",
+            "factory_not_allowed",
+        ),
+        ({"dataset": "folder:/etc"}, None, ".safetensors", "dataset", "data_path_not_allowed"),
+        ({"methods": ["nonsense"]}, None, ".safetensors", "methods", "invalid_spec"),
+        ({"epochs_per_trial": 0}, None, ".safetensors", "epochs_per_trial", "invalid_spec"),
     ],
     ids=["corrupt", "pickle", "wrong-arch", "factory", "data-root", "method", "spec"],
 )
@@ -192,7 +178,9 @@ def test_bad_input_fails_the_job_with_an_actionable_message(
     content: Any,
     suffix: str,
     needle: str,
+    code: str,
 ) -> None:
+    """The job fails with the cause's code, the one the API's pre-check gives for it."""
     data = _pickled_object() if content == "pickle" else content
     job = submit(store, settings, owner, data if data is not None else weights, suffix=suffix)
     if overrides:  # the API validates specs; a stored spec may still be unusable
@@ -209,7 +197,7 @@ def test_bad_input_fails_the_job_with_an_actionable_message(
         worker.close()
     failed = store.load_job(job.id)
     assert failed.status is JobStatus.FAILED
-    assert failed.error_code == "bad_input"
+    assert failed.error_code == code
     assert failed.error_message is not None and needle in failed.error_message
     assert str(settings.resolved_upload_dir) not in failed.error_message
 
@@ -346,6 +334,7 @@ def test_shutdown_during_finalize_hands_the_phase_back(
     assert (
         released.error_message is not None and "shut down during finalize" in released.error_message
     )
+    assert (released.phase_errors, released.lost_leases) == (0, 0)  # a shutdown is no error
     assert not store.list_artifacts(job.id)
     assert not list((settings.artifact_root / "jobs").iterdir())  # staging removed
 

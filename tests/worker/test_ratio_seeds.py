@@ -15,6 +15,7 @@ from tensorops import KEEP
 from worker.data import DataBundle
 from worker.search import SearchConfig, SearchContext, prepare, seed_trials
 from worker.search._ratio_seeds import ratio_seeds
+from worker.search._seeds import seed_budget
 from worker.search._space import plan_from_params, small_layers
 from worker.search._spend import spend_margin
 
@@ -197,3 +198,8 @@ def test_spending_is_skipped_without_margin_or_steps(ctx: SearchContext, tmp_pat
     ctx.config = make_config(spend_steps=0)
     off = spend_margin(ctx, trial, plan, 0.0, epochs=1, seed=0)
     assert off.skipped == "spend_steps is 0"
+
+
+@pytest.mark.parametrize(("trials", "seeds"), [(1, 1), (3, 3), (6, 5), (8, 6), (40, 30)])
+def test_seeds_leave_a_quarter_of_the_budget_to_the_sampler(trials: int, seeds: int) -> None:
+    assert seed_budget(trials) == seeds

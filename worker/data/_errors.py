@@ -8,6 +8,8 @@ class carries.
 
 from __future__ import annotations
 
+from worker.errors import WorkerError
+
 __all__ = [
     "DataLimitError",
     "DataPathError",
@@ -18,10 +20,10 @@ __all__ = [
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(WorkerError, ValueError):
     """The data cannot be used: missing, malformed, inconsistent or not understood."""
 
-    code = "dataset_invalid"
+    code = "invalid_dataset"
 
 
 class DataLimitError(DatasetError):
@@ -31,9 +33,10 @@ class DataLimitError(DatasetError):
 
 
 class DataPathError(DatasetError):
-    """A data path does not exist or lies outside every operator-allowed data root."""
+    """A data path lies outside every operator-allowed data root (or, with code
+    ``data_path_not_found``, does not exist under them)."""
 
-    code = "data_path_refused"
+    code = "data_path_not_allowed"
 
 
 class UnsafePickleError(DatasetError):

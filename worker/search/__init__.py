@@ -1,6 +1,6 @@
 """The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
 
-from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
+from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
 from worker.search._context import SearchContext, prepare
 from worker.search._finalize import (
     SearchResult,
@@ -10,7 +10,7 @@ from worker.search._finalize import (
     pareto_front,
     verification_candidates,
 )
-from worker.search._latency import measure_latency, measure_speedup
+from worker.search._latency import measure_latency, measure_speedup, median_ratio, time_rounds
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
 from worker.search._run import Progress, default_storage, run_search, run_trials
@@ -39,12 +39,15 @@ __all__ = [
     "make_objective",
     "measure_latency",
     "measure_speedup",
+    "median_ratio",
     "open_study",
     "pareto_front",
     "plan_from_params",
     "prepare",
     "run_search",
     "run_trials",
+    "search_config",
     "seed_trials",
+    "time_rounds",
     "verification_candidates",
 ]

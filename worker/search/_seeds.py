@@ -19,7 +19,13 @@ from worker.search._space import (
     small_layers,
 )
 
-__all__ = ["seed_trials"]
+__all__ = ["seed_budget", "seed_trials"]
+
+
+def seed_budget(trials: int) -> int:
+    """How many seed trials a budget of ``trials`` enqueues: all but a quarter of it, so that
+    the sampler and the pushes always get turns (8 trials: 6 seeds; 40: up to 30)."""
+    return max(1, trials - trials // 4)
 
 
 def seed_trials(
