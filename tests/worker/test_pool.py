@@ -334,6 +334,7 @@ def test_shutdown_during_finalize_hands_the_phase_back(
     assert (
         released.error_message is not None and "shut down during finalize" in released.error_message
     )
+    assert (released.phase_errors, released.lost_leases) == (0, 0)  # a shutdown is no error
     assert not store.list_artifacts(job.id)
     assert not list((settings.artifact_root / "jobs").iterdir())  # staging removed
 

@@ -565,6 +565,8 @@ class Worker:
             claim.job.id,
             kind=claim.kind,
             attempt=claim.job.attempts,
+            phase_errors=claim.job.phase_errors,
+            lost_leases=claim.job.lost_leases,
         )
         if claim.kind == "cancel":
             self.cleanup_cancelled(claim.job)
@@ -720,8 +722,8 @@ class Worker:
                 f"worker {self.worker_id} shut down during {phase}; another worker takes it over"
             )
             self._log(logging.INFO, "released", message, job.id)
-            try:
-                self.store.release_lease(job.id, self.worker_id, message)
+            try:  # a shutdown is no error of the phase: it counts towards no limit
+                self.store.release_lease(job.id, self.worker_id, message, raised=False)
             except LeaseLost as lost:
                 self._log(logging.WARNING, "lease_lost", lost.detail, job.id)
         else:

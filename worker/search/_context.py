@@ -115,6 +115,25 @@ class SearchContext:
     def plan_cost(self, plan: Plan) -> Cost:
         return estimate_cost(self.layers, plan, total=self.baseline_cost)
 
+    @property
+    def times_latency(self) -> bool:
+        """Whether trials and candidates get their latency measured: for the latency
+        objective or the ``max_latency_ratio`` constraint."""
+        return self.config.objective == "latency" or self.config.max_latency_ratio is not None
+
+    def latency_ratio(self, latency: float) -> float:
+        """``latency`` as a multiple of the original's (under 1: faster)."""
+        if self.baseline_latency is None:
+            raise ValueError("the original's latency was not measured")
+        return latency / self.baseline_latency
+
+    def latency_met(self, latency: float | None) -> bool | None:
+        """Whether ``latency`` is within ``max_latency_ratio`` (None: no such constraint)."""
+        limit = self.config.max_latency_ratio
+        if limit is None:
+            return None
+        return latency is not None and self.latency_ratio(latency) <= limit
+
     def compression(self, plan: Plan, latency: float | None = None) -> float:
         """Ratio of the original's cost to the plan's (higher is smaller)."""
         if self.config.objective == "latency":
@@ -161,8 +180,8 @@ class SearchContext:
     def latency(self, model: nn.Module) -> float:
         """Seconds per forward pass of the latency batch, in the baseline's conditions.
 
-        With a measured baseline (objective ``latency``) this is ``baseline_latency`` divided
-        by ``model``'s speed-up over the original, the two timed interleaved
+        With a measured baseline (objective ``latency`` or a latency constraint) this is
+        ``baseline_latency`` divided by ``model``'s speed-up over the original, timed interleaved
         (:func:`measure_speedup`), so that a change in machine load between the baseline's
         measurement and this one does not pass for a faster or slower model. Without one, a
         plain median.
@@ -235,7 +254,7 @@ def prepare(
     spaces = build_space(model, layers, config) if prepared is None else _spaces_of(prepared)
     timing_example = batch_of(data, config.latency_batch_size)
     latency = None
-    if config.objective == "latency":
+    if config.objective == "latency" or config.max_latency_ratio is not None:
         latency = measure_latency(
             model, timing_example, device=device, repeats=config.latency_repeats
         )

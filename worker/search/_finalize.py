@@ -19,7 +19,7 @@ from tensorops.methods import get_method
 from worker.search._config import SearchConfig, drop_points
 from worker.search._context import SearchContext
 from worker.search._spend import SpendResult, spend_margin
-from worker.search._study import SEED_ATTR
+from worker.search._study import LATENCY_MET_ATTR, LATENCY_RATIO_ATTR, SEED_ATTR
 from worker.training import EvalResult, evaluate
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,19 @@ class SearchResult:
 
 
 def feasible(trial: FrozenTrial, max_drop: float) -> bool:
+    """Completed, its drop within ``max_drop`` and not over the latency limit (if any)."""
     drop = trial.user_attrs.get("accuracy_drop")
-    return trial.state == TrialState.COMPLETE and drop is not None and drop <= max_drop
+    return (
+        trial.state == TrialState.COMPLETE
+        and drop is not None
+        and drop <= max_drop
+        and trial.user_attrs.get(LATENCY_MET_ATTR) is not False
+    )
 
 
 def best_feasible(study: optuna.Study, max_drop: float) -> FrozenTrial | None:
-    """The completed trial with the highest compression whose accuracy drop is allowed."""
+    """The completed trial with the highest compression whose accuracy drop is allowed (and
+    that is not over the latency limit, when the search has one)."""
     candidates = [t for t in study.get_trials(deepcopy=False) if feasible(t, max_drop)]
     if not candidates:
         return None
@@ -110,14 +117,17 @@ def _verify_budget(config: SearchConfig, trial: FrozenTrial) -> tuple[int, int]:
 
 def _choose(
     ctx: SearchContext, study: optuna.Study
-) -> tuple[FrozenTrial | None, nn.Module, EvalResult, list[dict[str, Any]]]:
-    """Fine-tune candidates longer until one meets the tolerance; else keep the original.
+) -> tuple[FrozenTrial | None, nn.Module, EvalResult, float | None, list[dict[str, Any]]]:
+    """Fine-tune candidates longer until one meets the tolerance (and, with
+    ``max_latency_ratio``, is within the latency limit, measured again after the fine-tune);
+    else keep the original.
 
     The candidates are :func:`verification_candidates`, then :func:`fallback_candidate`.
 
     Returns the chosen trial (None: the original model), its fine-tuned model, that model's
-    evaluation and one record per candidate tried. With ``final_epochs == 0`` each candidate
-    gets the trial's own fine-tune again (same epochs and seed).
+    evaluation, its latency as measured for the constraint (None without one) and one record
+    per candidate tried. With ``final_epochs == 0`` each candidate gets the trial's own
+    fine-tune again (same epochs and seed).
     """
     config = ctx.config
     checks: list[dict[str, Any]] = []
@@ -138,6 +148,9 @@ def _choose(
             status, result = "completed", evaluate(model, ctx.data, device=ctx.device)
         drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = status != "diverged" and drop <= config.max_accuracy_drop
+        latency = ctx.latency(model) if met and config.max_latency_ratio is not None else None
+        latency_met = ctx.latency_met(latency) if latency is not None else None
+        met = met and latency_met is not False
         checks.append(
             {
                 "trial": trial.number,
@@ -146,27 +159,69 @@ def _choose(
                 "final_accuracy": result.accuracy,
                 "final_accuracy_drop": drop,
                 "fine_tune": status,
+                LATENCY_RATIO_ATTR: ctx.latency_ratio(latency) if latency is not None else None,
+                LATENCY_MET_ATTR: latency_met,
                 "met": met,
             }
         )
         logger.info(
-            "verifying trial %d (%.2fx): drop %.2f pt after %d epoch(s) -> %s",
+            "verifying trial %d (%.2fx): drop %.2f pt after %d epoch(s)%s -> %s",
             trial.number,
             trial.user_attrs["compression"],
             drop,
             epochs,
+            "" if latency is None else f", latency x{ctx.latency_ratio(latency):.3f}",
             "chosen" if met else "rejected",
         )
         if met:
-            return trial, model, result, checks
+            return trial, model, result, latency, checks
     if checks:
         logger.warning(
-            "no candidate met the %.2f-point tolerance after the final fine-tune; "
+            "no candidate met the %.2f-point tolerance%s after the final fine-tune; "
             "keeping the original model",
             config.max_accuracy_drop,
+            _latency_words(config),
         )
     model = ctx.compress(Plan())
-    return None, model, evaluate(model, ctx.data, device=ctx.device), checks
+    return None, model, evaluate(model, ctx.data, device=ctx.device), None, checks
+
+
+def _latency_words(config: SearchConfig) -> str:
+    limit = config.max_latency_ratio
+    return "" if limit is None else f" and the latency limit (x{limit:g} of the original's)"
+
+
+def kept_original_reason(
+    config: SearchConfig, checks: list[dict[str, Any]], trials: list[FrozenTrial]
+) -> str:
+    """Why finalising kept the original model, in words for the report."""
+    if not checks:
+        text = (
+            f"no completed trial was compressed and within the {config.max_accuracy_drop:g}-point "
+            f"tolerance{_latency_words(config)}"
+        )
+        slow = [
+            t.user_attrs[LATENCY_RATIO_ATTR]
+            for t in trials
+            if t.user_attrs.get(LATENCY_MET_ATTR) is False
+            and t.state == TrialState.COMPLETE
+            and t.user_attrs["accuracy_drop"] <= config.max_accuracy_drop
+        ]
+        if slow:
+            text += (
+                f"; {len(slow)} trial(s) within the tolerance ran slower than the limit allows "
+                f"(the fastest at x{min(slow):.3f} of the original's latency at batch "
+                f"{config.latency_batch_size})"
+            )
+        return text
+    over = sum(1 for c in checks if c[LATENCY_MET_ATTR] is False)
+    text = (
+        f"none of the {len(checks)} candidate(s) met the {config.max_accuracy_drop:g}-point "
+        f"tolerance{_latency_words(config)} after the final fine-tune"
+    )
+    if over:
+        text += f"; {over} met the tolerance but ran slower than the limit allows"
+    return text
 
 
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
@@ -184,6 +239,8 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
         "params_count": attrs.get("params_count"),
         "macs": attrs.get("macs"),
         "latency_s": attrs.get("latency_s"),
+        LATENCY_RATIO_ATTR: attrs.get(LATENCY_RATIO_ATTR),
+        LATENCY_MET_ATTR: attrs.get(LATENCY_MET_ATTR),
         "duration_s": duration,
         "worker": attrs.get("worker"),  # set by the worker pool: which process ran it
     }
@@ -216,12 +273,13 @@ def finalize(
     """Fine-tune the best candidates longer, keep the most compressed one that meets the
     tolerance, and write ``model/``, report and Pareto plot.
 
-    With no candidate meeting it, the original model is kept (an empty plan) and the report
-    says so (``found_feasible`` false, ``verification`` lists what was tried).
+    With no candidate meeting it (and the latency limit, if any), the original model is kept
+    (an empty plan) and the report says so (``found_feasible`` false, ``kept_original_reason``
+    in words, ``verification`` lists what was tried).
     """
     config = ctx.config
     out_dir.mkdir(parents=True, exist_ok=True)
-    best, model, result, checks = _choose(ctx, study)
+    best, model, result, latency_after, checks = _choose(ctx, study)
     plan = Plan.from_dict(best.user_attrs["plan"]) if best is not None else Plan()
     spent = SpendResult(skipped="no plan met the tolerance")
     if best is not None and len(plan.decomposed()) > 0:
@@ -230,10 +288,17 @@ def finalize(
         spent = spend_margin(ctx, best, plan, drop, epochs=epochs, seed=seed)
         if spent.plan is not None and spent.model is not None and spent.result is not None:
             plan, model, result = spent.plan, spent.model, spent.result
+            latency_after = spent.latency
     model = model.to("cpu").eval()
-    latency_after = ctx.latency(model)
     latency_before = ctx.baseline_latency or ctx.latency(ctx.model)
+    if len(plan.decomposed()) == 0:
+        latency_after = latency_before  # the original itself: the same network
+    elif latency_after is None:  # the constraint's own measurement is the one reported
+        latency_after = ctx.latency(model)
     model = model.to("cpu")
+    latency_ratio = latency_after / max(latency_before, 1e-12)
+    limit = config.max_latency_ratio
+    latency_met = None if limit is None else latency_ratio <= limit
     cost = measure_cost(model, ctx.example)
     drop = drop_points(ctx.baseline_accuracy, result.accuracy)
     records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
@@ -280,7 +345,11 @@ def finalize(
             "params": cost.params,
             "macs": cost.macs,
             "latency_s": latency_after,
-            "constraint_met": drop <= config.max_accuracy_drop,
+            "latency_ratio": latency_ratio,
+            "max_latency_ratio": limit,
+            "accuracy_constraint_met": drop <= config.max_accuracy_drop,
+            "latency_constraint_met": latency_met,
+            "constraint_met": drop <= config.max_accuracy_drop and latency_met is not False,
         },
         "ratios": {
             "params": ctx.baseline_cost.params / max(cost.params, 1),
@@ -290,6 +359,11 @@ def finalize(
         "chosen_trial": best.number if best is not None else None,
         "chosen_by_spending": spent.plan is not None,
         "found_feasible": best is not None,
+        "kept_original_reason": (
+            kept_original_reason(config, checks, study.get_trials(deepcopy=False))
+            if best is None
+            else None
+        ),
         "verification": checks,
         "spend": spent.to_dict(margin_left=config.max_accuracy_drop - drop),
         "plan": plan.to_dict(),
