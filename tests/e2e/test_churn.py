@@ -56,9 +56,9 @@ WORKERS = 3
 #: Seconds between two worker kills, and the most kills in one run.
 KILL_EVERY = 4.0
 MAX_KILLS = 4
-TRIAL_HEARTBEAT = 1.0
+TRIAL_HEARTBEAT = 2.0
 #: The database outage: longer than twice the trial heartbeat.
-OUTAGE = 3.0
+OUTAGE = 5.0
 #: Seconds the jobs may take (on 2 loaded cores, with the workers restarting).
 DEADLINE = float(os.environ.get("RANKOPT_CHURN_DEADLINE", "420"))
 SPEC: dict[str, Any] = {
