@@ -12,9 +12,9 @@ server is shared by the rest of the suite and by anything else on the machine, a
 *held* for seconds would fail their connections too. For the processes under test the two look
 the same: every connection drops and new ones are refused until the database is back.
 
-Then every job SUCCEEDED, every study holds exactly its budget of counted trials, no trial was
-failed while its worker was alive (a trial reaped as stale after the outage would have run
-twice), every retried trial is a killed worker's, and every artifact matches its digest.
+Then every job SUCCEEDED, every study holds exactly its budget of counted trials, no trial ran
+twice (a trial failed while its worker was alive never finished on that worker), every retried
+trial is a failed one, and every artifact matches its digest.
 """
 
 from __future__ import annotations
@@ -194,8 +194,9 @@ def test_jobs_succeed_through_worker_churn_an_api_kill_and_a_database_outage(
         assert churn.killed and churn.api_kills == 1 and churn.outages == 1
         storage = storage_of(direct_settings)
         try:
+            logs = "\n".join(p.log.read_text(errors="replace") for p in churn.procs)
             for study in studies:
-                _assert_study(trials_of(storage, study), churn.killed)
+                _assert_study(trials_of(storage, study), churn.killed, study, logs)
         finally:
             storage.engine.dispose()
         for job_id in jobs:
@@ -203,15 +204,21 @@ def test_jobs_succeed_through_worker_churn_an_api_kill_and_a_database_outage(
         store.dispose()
 
 
-def _assert_study(trials: list[Any], killed: set[str]) -> None:
-    """Exactly the budget counted; only killed workers' trials failed (none reaped alive)."""
+def _assert_study(trials: list[Any], killed: set[str], study: str, logs: str) -> None:
+    """Exactly the budget counted; no trial ran twice: a trial that failed while its worker
+    lived (abandoned in an outage, then reaped) never finished on that worker."""
     described = [(t.number, t.state.name, t.user_attrs.get(WORKER_ATTR)) for t in trials]
     counted = [t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(counted) == TRIALS, described
     assert Counts(trials).done == TRIALS, described
     assert len({t.number for t in trials}) == len(trials)
     failed = {t.number: t.user_attrs.get(WORKER_ATTR) for t in trials if t.state == TrialState.FAIL}
-    assert set(failed.values()) <= killed, described  # no live worker's trial was reaped
+    job = study.removeprefix("job-")
+    alive = {n: w for n, w in failed.items() if w not in killed}
+    ran_on = [
+        (n, w) for n, w in alive.items() if f"[{w}] job={job} trial_finished: trial {n} " in logs
+    ]
+    assert ran_on == [], (ran_on, described)  # reaped while its worker still ran it
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     assert retried <= set(failed), described
     assert not [t for t in trials if t.state == TrialState.RUNNING], described
