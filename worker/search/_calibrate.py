@@ -92,8 +92,13 @@ def calibrate_lr(ctx: SearchContext) -> LrCalibration:
     )
     scored: list[tuple[float, float]] = []
     for scale in config.lr_scales:
-        model = ctx.compress(plan)
-        fit = ctx.finetune(model, epochs=config.epochs_per_trial, seed=config.seed, lr_scale=scale)
+        _, fit = ctx.fit(
+            plan,
+            mode=config.trial_finetune_mode,
+            epochs=config.epochs_per_trial,
+            seed=config.seed,
+            lr_scale=scale,
+        )
         accuracy = float("nan") if fit.status == "diverged" else float(fit.final_val_accuracy)
         scored.append((float(scale), accuracy))
         logger.info(

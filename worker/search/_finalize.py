@@ -16,7 +16,7 @@ from torch import nn
 
 from tensorops import Plan, measure_cost, save_compressed
 from tensorops.methods import get_method
-from worker.search._config import SearchConfig, drop_points
+from worker.search._config import SearchConfig, drop_points, verify_mode
 from worker.search._context import SearchContext
 from worker.search._spend import SpendResult, spend_margin
 from worker.search._study import SEED_ATTR
@@ -127,14 +127,14 @@ def _choose(
         candidates.append(last)
     for trial in candidates:
         plan = Plan.from_dict(trial.user_attrs["plan"])
-        model = ctx.compress(plan)
         epochs, seed = _verify_budget(config, trial)
         if len(plan.decomposed()) > 0:
-            fit = ctx.finetune(model, epochs=epochs, seed=seed)
+            model, fit = ctx.fit(plan, mode=verify_mode(config), epochs=epochs, seed=seed)
             # finetune's last evaluation is of the weights it leaves: no second pass needed.
             status = fit.status
             result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         else:
+            model = ctx.compress(plan)
             status, result = "completed", evaluate(model, ctx.data, device=ctx.device)
         drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = status != "diverged" and drop <= config.max_accuracy_drop
@@ -146,6 +146,7 @@ def _choose(
                 "final_accuracy": result.accuracy,
                 "final_accuracy_drop": drop,
                 "fine_tune": status,
+                "fine_tune_mode": verify_mode(config),
                 "met": met,
             }
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worker.training._device import resolve_device
 from worker.training._evaluate import EvalResult, evaluate, predict_logits
+from worker.training._lc import LcResult, LcSchedule, lc_finetune
 from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
 from worker.training._schedules import SCHEDULE_KINDS, ScheduleConfig, ScheduleKind, lr_at
@@ -18,12 +19,15 @@ __all__ = [
     "EvalResult",
     "FinetuneResult",
     "FinetuneStatus",
+    "LcResult",
+    "LcSchedule",
     "OptimizerName",
     "ScheduleConfig",
     "ScheduleKind",
     "TrainSchedule",
     "evaluate",
     "finetune",
+    "lc_finetune",
     "lr_at",
     "predict_logits",
     "resolve_device",

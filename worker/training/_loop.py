@@ -47,6 +47,7 @@ def finetune(
     distill_weight: float = 0.0,
     temperature: float = 2.0,
     penalty_weight: float = 0.0,
+    after_step: Callable[[float], None] | None = None,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data``'s training split, following ``schedule``.
 
@@ -92,6 +93,8 @@ def finetune(
             :class:`tensorops.layers.Penalized` module (the L1 of the unit norms of
             ``prune`` layers), added to the training loss and to the reported train loss;
             >= 0. The default 0 leaves training as without such modules.
+        after_step: called with the step's learning rate after every optimizer step (LC's
+            proximal step, :mod:`worker.training._lc`); it may change parameters in place.
     """
     _validate(
         data,
@@ -117,6 +120,7 @@ def finetune(
     bounds = _batch_bounds(int(data.y_train.shape[0]), batch_size)
     run = _Run(model, data, schedule, opt, bounds, target, label_smoothing, max_steps, distill)
     run.penalty = _penalty(model, float(penalty_weight))
+    run.after_step = after_step
     started = time.perf_counter()
     try:
         with _seeded(seed, target):
@@ -169,6 +173,7 @@ class _Run:
         self.history: list[EpochReport] = []
         self._last_eval: EvalResult | None = None  # of the current weights, if known
         self.penalty: Callable[[], torch.Tensor] | None = None
+        self.after_step: Callable[[float], None] | None = None
 
     def loop(
         self, epochs: int, seed: int, callback: EpochCallback | None
@@ -237,6 +242,8 @@ class _Run:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            if self.after_step is not None:
+                self.after_step(lr)
             self.step += 1
             loss_sum += value * (hi - lo)
             seen += hi - lo
