@@ -65,6 +65,12 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "verify_slack": ("1", 1.0),
         "optimizer": ("sgd", "sgd"),
         "batch_size": ("16", 16),
+        "trial_finetune_mode": ("lc", "lc"),
+        "final_finetune_mode": ("lc", "lc"),
+        "lc_mu0": ("0.5", 0.5),
+        "lc_mu_factor": ("3", 3.0),
+        "lc_steps": ("4", 4),
+        "lc_factor_epochs": ("0", 0),
     }
     args: list[str] = ["--pareto", "--no-seeding"]
     for name, (text, _) in values.items():

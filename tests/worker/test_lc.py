@@ -203,7 +203,7 @@ def test_search_with_lc_for_the_final_model(
     config = quick_config(
         trials=2, final_epochs=2, final_finetune_mode="lc", lc_steps=2, lc_factor_epochs=1
     )
-    ctx, _, result = memory_search(copy.deepcopy(trained), data, config, tmp_path)
+    _, _, result = memory_search(copy.deepcopy(trained), data, config, tmp_path)
     report = result.report
     assert report["search"]["final_finetune_mode"] == "lc"
     assert report["verification"], "no candidate was verified"
