@@ -1,21 +1,23 @@
 """The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
 
+from worker.search._candidates import best_feasible, fallback_candidate, verification_candidates
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
 from worker.search._context import SearchContext, prepare
-from worker.search._finalize import (
-    SearchResult,
-    best_feasible,
-    fallback_candidate,
-    finalize,
-    pareto_front,
-    verification_candidates,
-)
+from worker.search._finalize import SearchResult, finalize
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
+from worker.search._report import Report, pareto_front
 from worker.search._run import Progress, default_storage, run_search, run_trials
 from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
-from worker.search._study import CONSTRAINT_ATTR, SEED_ATTR, finished_trials, open_study
+from worker.search._study import (
+    CONSTRAINT_ATTR,
+    SEED_ATTR,
+    SearchStopped,
+    finished_trials,
+    make_sampler,
+    open_study,
+)
 
 __all__ = [
     "CONSTRAINT_ATTR",
@@ -26,9 +28,11 @@ __all__ = [
     "FeasibilityPruner",
     "LayerSpace",
     "Progress",
+    "Report",
     "SearchConfig",
     "SearchContext",
     "SearchResult",
+    "SearchStopped",
     "best_feasible",
     "build_space",
     "default_storage",
@@ -36,6 +40,7 @@ __all__ = [
     "finalize",
     "finished_trials",
     "make_objective",
+    "make_sampler",
     "measure_latency",
     "measure_speedup",
     "open_study",
