@@ -5,11 +5,12 @@ One iteration (:meth:`Worker.run_once`):
 1. :meth:`Store.claim` hands out, most urgent first, a cancelled job to clean up (its Optuna
    study is deleted), a finalize or prepare phase whose lease died, a search whose budget is
    spent (finalize), or the oldest queued job (prepare). Leased phases run with a
-   :class:`LeaseKeeper` renewing the lease every ``heartbeat_seconds``.
+   :class:`LeaseKeeper` renewing the lease every ``heartbeat_seconds``, inside
+   :func:`~worker.pool._phases.leased_phase` (:mod:`worker.pool._phases`).
 2. Otherwise :meth:`Store.next_search_job` names the SEARCHING job served least recently
    (round-robin across jobs), and the worker runs exactly one trial of it through the shared
-   study, then publishes the job's progress. The worker that sees the budget spent with no
-   trial running claims the finalize phase itself.
+   study (:class:`~worker.pool._trial.TrialRun`), then publishes the job's progress. The
+   worker that sees the budget spent with no trial running claims the finalize phase itself.
 
 The budget is enforced against the study (see :mod:`worker.pool._budget`); a worker that
 dies mid-trial is covered by Optuna's trial heartbeat and the reaper (:mod:`worker.pool._reaper`,

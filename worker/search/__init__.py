@@ -1,4 +1,10 @@
-"""The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks."""
+"""The rank search: EVBMF-seeded Bayesian optimisation of per-layer methods and ranks.
+
+:func:`prepare` builds the :class:`SearchContext` (baseline, inventory, search space),
+:func:`open_study` and :func:`run_trials` run the study, and :func:`finalize` verifies the
+candidates (:mod:`worker.search._candidates`), writes the checkpoint, the typed
+:class:`Report` (:mod:`worker.search._report`) and the Pareto plot (:mod:`worker.search._plot`).
+"""
 
 from worker.search._candidates import best_feasible, fallback_candidate, verification_candidates
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
@@ -12,15 +18,18 @@ from worker.search._run import Progress, default_storage, run_search, run_trials
 from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
 from worker.search._study import (
     CONSTRAINT_ATTR,
+    INTERRUPTED_ATTR,
     SEED_ATTR,
     SearchStopped,
     finished_trials,
     make_sampler,
     open_study,
+    requeue_seed,
 )
 
 __all__ = [
     "CONSTRAINT_ATTR",
+    "INTERRUPTED_ATTR",
     "OBJECTIVES",
     "PRUNERS",
     "SAMPLERS",
@@ -47,6 +56,7 @@ __all__ = [
     "pareto_front",
     "plan_from_params",
     "prepare",
+    "requeue_seed",
     "run_search",
     "run_trials",
     "seed_trials",
