@@ -7,6 +7,11 @@ before every trial and by the pool's reaper on a timer) fails it, and
 :class:`StaleTrialCallback` enqueues the same parameters again as a WAITING trial, which the
 next worker to ask for a trial runs. The retry records the failed trial's number in its
 ``retry_history`` system attribute, which is how the budget knows not to count the failure.
+
+The storage is a :class:`~worker.pool._resilient_storage.ResilientRDBStorage`: its heartbeat
+survives a database outage, a stale trial is reaped only once the same process has seen it
+stale twice a grace period apart, and a trial's own writes wait out an outage, so a trial that
+runs across a database restart is neither reaped nor run twice.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from optuna.trial import FrozenTrial
 from service.settings import Settings
 from service.store import normalize_url
 from service.store.engine import postgres_engine_kwargs
+from worker.pool._resilient_storage import ResilientRDBStorage
 from worker.structured_logs import log_event
 
 __all__ = [
@@ -85,8 +91,9 @@ def heartbeat_interval(settings: Settings) -> int:
     return max(1, math.ceil(settings.trial_heartbeat_seconds))
 
 
-def optuna_storage(settings: Settings, *, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """An RDB storage on ``settings.database_url`` with heartbeats and stale-trial retries.
+def optuna_storage(settings: Settings, *, attempts: int = 5) -> ResilientRDBStorage:
+    """An RDB storage on ``settings.database_url`` with heartbeats and stale-trial retries,
+    whose running trials survive a database outage (:mod:`worker.pool._resilient_storage`).
 
     Creating Optuna's tables races when several workers start at once on a fresh database;
     the creation is retried ``attempts`` times.
@@ -107,7 +114,7 @@ def optuna_storage(settings: Settings, *, attempts: int = 5) -> optuna.storages.
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                return ResilientRDBStorage(
                     url.render_as_string(hide_password=False),
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=interval,

@@ -1,0 +1,280 @@
+"""The Optuna storage's trials survive database outages (worker/pool/_resilient_storage.py).
+
+The unit cases simulate an outage on SQLite by making the parent class's writes raise the
+errors a lost connection raises. The real case puts a TCP proxy between the storage and
+PostgreSQL and cuts it for longer than twice the heartbeat interval while a trial runs, with a
+second "worker" looking for stale trials all the while.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import optuna
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from tests.postgres_support import require_postgres
+from tests.worker.pool_support import make_settings
+from worker.pool._resilient_storage import ResilientRDBStorage
+from worker.pool._storage import StaleTrialCallback, optuna_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _lost_connection() -> OperationalError:
+    return OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+def _storage(tmp_path: Path, interval: int = 1) -> ResilientRDBStorage:
+    return ResilientRDBStorage(
+        f"sqlite:///{tmp_path}/study.db",
+        heartbeat_interval=interval,
+        grace_period=2 * interval,
+        outage_patience=10.0,
+    )
+
+
+def test_heartbeat_survives_an_outage_and_logs_once_each_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = _storage(tmp_path)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    down = {"on": True, "calls": 0}
+    real = optuna.storages.RDBStorage.record_heartbeat
+
+    def flaky(self: optuna.storages.RDBStorage, trial_id: int) -> None:
+        down["calls"] += 1
+        if down["on"]:
+            raise _lost_connection()
+        real(self, trial_id)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", flaky)
+    caplog.set_level(logging.INFO, logger="worker.pool._resilient_storage")
+    storage.record_heartbeat(trial._trial_id)  # retries for one interval, then returns
+    storage.record_heartbeat(trial._trial_id)
+    assert down["calls"] > 2  # it retried within the call
+    down["on"] = False
+    storage.record_heartbeat(trial._trial_id)
+    outages = [r for r in caplog.records if getattr(r, "event", "") == "database_outage"]
+    recoveries = [r for r in caplog.records if getattr(r, "event", "") == "database_recovered"]
+    assert len(outages) == 1
+    assert len(recoveries) == 1
+    assert "unreachable" in outages[0].getMessage()
+
+
+def test_a_real_error_is_not_waited_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = _storage(tmp_path)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    calls = {"n": 0}
+
+    def broken(self: object, trial_id: int, key: str, value: object) -> None:
+        calls["n"] += 1
+        raise ValueError("not an outage")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_user_attr", broken)
+    with pytest.raises(ValueError, match="not an outage"):
+        storage.set_trial_user_attr(trial._trial_id, "k", 1)
+    assert calls["n"] == 1
+
+
+def test_trial_writes_wait_out_a_short_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = _storage(tmp_path)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    real = optuna.storages.RDBStorage.set_trial_intermediate_value
+    until = time.monotonic() + 1.0
+
+    def flaky(self: optuna.storages.RDBStorage, trial_id: int, step: int, value: float) -> None:
+        if time.monotonic() < until:
+            raise _lost_connection()
+        real(self, trial_id, step, value)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_intermediate_value", flaky)
+    trial.report(0.5, step=0)
+    assert study.trials[0].intermediate_values == {0: 0.5}
+
+
+def test_a_stale_trial_is_reaped_only_when_seen_stale_twice_a_grace_period_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = _storage(tmp_path)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    stale = {"ids": [trial._trial_id]}
+    monkeypatch.setattr(
+        optuna.storages.RDBStorage, "_get_stale_trial_ids", lambda self, sid: list(stale["ids"])
+    )
+    assert storage._get_stale_trial_ids(study._study_id) == []  # first sighting: a suspect
+    stale["ids"] = []  # it sent a heartbeat: no longer suspected
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    stale["ids"] = [trial._trial_id]
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    time.sleep(1.0)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # not yet 2 s
+    time.sleep(1.1)
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_a_dead_workers_trial_is_still_reaped_and_retried(tmp_path: Path) -> None:
+    storage = ResilientRDBStorage(
+        f"sqlite:///{tmp_path}/study.db",
+        heartbeat_interval=1,
+        grace_period=2,
+        heartbeat_stale_trial_callback=StaleTrialCallback(),
+    )
+    study = optuna.create_study(storage=storage)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    optuna.storages.RDBStorage.record_heartbeat(storage, trial._trial_id)  # then it "dies"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        optuna.storages.fail_stale_trials(study)
+        if study.trials[0].state == optuna.trial.TrialState.FAIL:
+            break
+        time.sleep(0.3)
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    assert optuna.trial.TrialState.WAITING in states  # queued again
+
+
+# -- the real outage: a TCP proxy in front of PostgreSQL ------------------------------------
+
+
+class _CuttableProxy:
+    """Forwards 127.0.0.1:<port> to PostgreSQL; ``cut()`` closes every connection and refuses
+    new ones until ``resume()``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._accepting: threading.Thread | None = None
+
+    def resume(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._accepting = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._accepting.start()
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        self._listener.close()
+        with self._lock:
+            for conn in self._conns:
+                with suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def _proxied(url: str) -> Iterator[tuple[_CuttableProxy, str]]:
+    parsed = make_url(url)
+    proxy = _CuttableProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    proxy.resume()
+    try:
+        yield (
+            proxy,
+            parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+        )
+    finally:
+        proxy.cut()
+
+
+@pytest.mark.slow
+def test_a_trial_runs_once_across_a_postgres_outage_longer_than_twice_the_heartbeat(
+    tmp_path: Path,
+) -> None:
+    url = require_postgres()
+    with _proxied(url) as (proxy, proxied_url):
+        settings = make_settings(tmp_path, proxied_url, trial_heartbeat_seconds=1)
+        worker_a = optuna_storage(settings)
+        worker_b = optuna_storage(settings)
+        name = f"outage-{time.time_ns()}"
+        study_a = optuna.create_study(storage=worker_a, study_name=name)
+        study_b = optuna.load_study(storage=worker_b, study_name=name)
+        reaped: list[int] = []
+        stop = threading.Event()
+
+        def look_for_stale_trials() -> None:  # what every other worker and the reaper do
+            while not stop.wait(0.25):
+                try:
+                    before = {t.number for t in study_b.trials if t.state.name == "FAIL"}
+                    optuna.storages.fail_stale_trials(study_b)
+                    after = {t.number for t in study_b.trials if t.state.name == "FAIL"}
+                    reaped.extend(after - before)
+                except Exception:
+                    pass  # the database is down: try again
+
+        looker = threading.Thread(target=look_for_stale_trials, daemon=True)
+        looker.start()
+
+        def objective(trial: optuna.Trial) -> float:
+            for step in range(16):  # 8 s of "training", reporting as a trial does
+                time.sleep(0.5)
+                trial.report(float(step), step)
+            return 1.0
+
+        def outage() -> None:
+            time.sleep(1.5)
+            proxy.cut()
+            time.sleep(3.5)  # longer than 2 x the 1 s heartbeat
+            proxy.resume()
+
+        cutter = threading.Thread(target=outage)
+        cutter.start()
+        study_a.optimize(objective, n_trials=1)
+        cutter.join()
+        time.sleep(3.0)  # give the looker time to (wrongly) reap it after the fact
+        stop.set()
+        looker.join()
+        trials = optuna.load_study(storage=worker_b, study_name=name).trials
+        assert reaped == []
+        assert [t.state.name for t in trials] == ["COMPLETE"]
+        assert trials[0].value == 1.0
+        assert len(trials[0].intermediate_values) == 16
+        optuna.delete_study(study_name=name, storage=worker_b)
+        for storage in (worker_a, worker_b):
+            storage.engine.dispose()
