@@ -19,10 +19,11 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.names import ENV_PREFIX, FACTORY_RE
+
 __all__ = ["MIB", "Settings", "get_settings"]
 
 MIB = 1 << 20
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _DASHBOARD_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="RANKOPT_",
+        env_prefix=ENV_PREFIX,
         extra="ignore",
         validate_default=True,
     )
@@ -135,7 +136,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_factories(cls, value: list[str]) -> list[str]:
         for item in value:
-            if not _FACTORY_RE.match(item):
+            if not FACTORY_RE.fullmatch(item):
                 raise ValueError(
                     f"allowed factory {item!r} is not of the form 'package.module:function'"
                 )

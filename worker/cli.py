@@ -1,7 +1,10 @@
 """The ``rankopt`` command line: ``train`` a starting model, ``compress`` it by rank search.
 
-Bad arguments print one clear line (exit 2), never a traceback; Ctrl-C stops a search cleanly
-and the same command resumes it.
+Bad arguments print one clear line (exit 2), never a traceback: every
+:class:`~worker.errors.WorkerError` is translated once, in :func:`main`, which prints its message
+and, unless it is a plain usage error, its ``code``. Ctrl-C stops a search cleanly and the same
+command resumes it. ``compress``'s search options are generated from the job options model
+(:mod:`worker.cli_options`).
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from worker.cli_options import add_option_arguments, options_from_args
+from worker.errors import UsageError, WorkerError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # Modules that add subcommands: each has ``register(subparsers)`` and sets a ``handler``
 # default (a function of the parsed args returning the exit status) on its parsers.
 COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "worker.cli_service")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,88 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="output directory (checkpoint, report.json, pareto.png, study.db)",
     )
-    comp.add_argument("--trials", type=int, default=40)
-    comp.add_argument("--timeout", type=float, default=None, help="wall-clock budget in seconds")
-    comp.add_argument("--max-accuracy-drop", type=float, default=1.0, help="in accuracy points")
-    comp.add_argument("--objective", choices=("params", "macs", "latency"), default="params")
-    comp.add_argument(
-        "--pareto", action="store_true", help="two-objective search (accuracy, compression)"
-    )
-    comp.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe")
-    comp.add_argument(
-        "--pruner",
-        choices=("feasibility", "median", "halving", "none"),
-        default="feasibility",
-        help="stop trials early: feasibility (only those that cannot meet the tolerance), "
-        "median, halving, none",
-    )
-    comp.add_argument(
-        "--no-seeding", action="store_true", help="do not enqueue the EVBMF plans first"
-    )
-    comp.add_argument(
-        "--methods",
-        default=None,
-        help="comma-separated per-layer choices (default tucker2,cp,svd; the opt-in families "
-        "tt, qtt, qcp, ntt, btd, tt_conv, tt_tucker and prune join only when named)",
-    )
-    comp.add_argument("--rank-scale", default="0.1,4.0", help="LOW,HIGH multiplier of EVBMF ranks")
-    comp.add_argument(
-        "--latency-batch",
-        type=int,
-        default=1,
-        help="batch size the latency objective times (default 1)",
-    )
-    comp.add_argument(
-        "--push-factor",
-        type=float,
-        default=0.7,
-        help="after each new best trial, try its plan with ranks times this (0: never)",
-    )
-    comp.add_argument(
-        "--lr-scales",
-        default="1,0.3,0.1",
-        help="multipliers of the schedule's rates tried on the EVBMF plan before the search; "
-        "the best is used throughout (one value: no calibration; default 1,0.3,0.1)",
-    )
-    comp.add_argument(
-        "--rank-multiple",
-        type=int,
-        default=1,
-        help="round ranks to a multiple (8 for tensor cores)",
-    )
-    comp.add_argument("--epochs-per-trial", type=int, default=3)
-    comp.add_argument("--final-epochs", type=int, default=10)
-    comp.add_argument(
-        "--distill",
-        type=float,
-        default=0.5,
-        help="weight of distillation from the original model in the fine-tuning loss (0: off)",
-    )
-    comp.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
-    comp.add_argument(
-        "--verify-top",
-        type=int,
-        default=3,
-        help="candidates fine-tuned for --final-epochs before choosing (if all miss, the most "
-        "accurate compressed trial within the tolerance is tried last)",
-    )
-    comp.add_argument(
-        "--verify-slack",
-        type=float,
-        default=0.5,
-        help="points above the tolerance a trial may be and still be verified",
-    )
-    comp.add_argument(
-        "--schedule",
-        choices=("triangular", "triangular2", "exp_range", "cosine_restarts", "constant"),
-        default="triangular2",
-    )
-    comp.add_argument("--max-lr", type=float, default=0.01)
-    comp.add_argument("--base-lr", type=float, default=1e-4)
-    comp.add_argument("--cycle-epochs", type=float, default=1.0)
-    comp.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
-    comp.add_argument("--batch-size", type=int, default=64)
-    comp.add_argument("--seed", type=int, default=0)
+    add_option_arguments(comp)
     comp.add_argument("--device", default="auto")
     comp.add_argument(
         "--storage", default=None, help="Optuna storage URL (default: sqlite file in --out)"
@@ -169,15 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data(args: argparse.Namespace) -> Any:
+def _data(args: argparse.Namespace, seed: int) -> Any:
     from worker.data import DatasetError, load_dataset
 
     try:
         return load_dataset(
-            args.dataset, seed=args.seed, allowed_roots=[Path(p) for p in args.data_root]
+            args.dataset, seed=seed, allowed_roots=[Path(p) for p in args.data_root]
         )
     except DatasetError as exc:
-        raise UsageError(f"dataset: {exc}") from None
+        raise UsageError(f"dataset: {exc}", code=exc.code) from None
 
 
 def _model(arch: str, num_classes: int, in_channels: int) -> Any:
@@ -189,7 +110,7 @@ def _model(arch: str, num_classes: int, in_channels: int) -> Any:
     try:
         return get_model(arch, **kwargs), kwargs
     except ZooError as exc:
-        raise UsageError(f"arch: {exc}") from None
+        raise UsageError(f"arch: {exc}", code=exc.code) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -208,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
-    data = _data(args)
+    data = _data(args, args.seed)
     torch.manual_seed(args.seed)  # --seed fixes the initial weights too, not just the batches
     model, _ = _model(args.arch, data.num_classes, data.input_shape[0])
     result = train(
@@ -234,63 +155,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from worker.search import SearchConfig
-    from worker.training import ScheduleConfig
+    """The search config of ``rankopt compress``'s arguments (options, then device)."""
+    from worker.errors import InvalidOptions
+    from worker.search import search_config
 
+    options = options_from_args(args)
     try:
-        low, high = (float(v) for v in args.rank_scale.split(","))
-    except ValueError:
-        raise UsageError(f"--rank-scale must be LOW,HIGH, got {args.rank_scale!r}") from None
-    try:
-        lr_scales = tuple(float(v) for v in args.lr_scales.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(
-            f"--lr-scales must be numbers like 1,0.3,0.1, got {args.lr_scales!r}"
-        ) from None
-    methods = None
-    if args.methods:
-        from tensorops import list_methods
-
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        unknown = sorted(set(methods) - set(list_methods()))
-        if unknown:
-            raise UsageError(f"--methods: unknown {unknown}; registered: {list_methods()}")
-    try:
-        schedule = ScheduleConfig(
-            kind=args.schedule,
-            base_lr=args.base_lr if args.schedule != "constant" else args.max_lr,
-            max_lr=args.max_lr,
-            cycle_epochs=args.cycle_epochs,
-        )
-        return SearchConfig(
-            trials=args.trials,
-            timeout_s=args.timeout,
-            max_accuracy_drop=args.max_accuracy_drop,
-            objective=args.objective,
-            pareto=args.pareto,
-            sampler=args.sampler,
-            pruner=args.pruner,
-            seed=args.seed,
-            seeding=not args.no_seeding,
-            methods=methods,
-            rank_scale=(low, high),
-            rank_multiple=args.rank_multiple,
-            latency_batch_size=args.latency_batch,
-            lr_scales=lr_scales,
-            push_factor=args.push_factor or None,
-            epochs_per_trial=args.epochs_per_trial,
-            final_epochs=args.final_epochs,
-            distill_weight=args.distill,
-            temperature=args.temperature,
-            verify_top=args.verify_top,
-            verify_slack=args.verify_slack,
-            schedule=schedule,
-            optimizer=args.optimizer,
-            batch_size=args.batch_size,
-            device=args.device,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        return search_config(options, device=args.device)
+    except InvalidOptions as exc:
+        raise UsageError(str(exc), code=exc.code) from None
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -306,13 +179,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
-    data = _data(args)
+    data = _data(args, config.seed)
     num_classes = args.num_classes or data.num_classes
     model, kwargs = _model(args.arch, num_classes, data.input_shape[0])
     try:
         load_weights(model, read_state_dict(args.weights))
     except WeightsError as exc:
-        raise UsageError(f"weights: {exc}") from None
+        raise UsageError(f"weights: {exc}", code=exc.code) from None
     stop = {"requested": False}
 
     def on_sigint(_sig: int, _frame: FrameType | None) -> None:
@@ -388,8 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args)
         return cmd_compress(args)
-    except UsageError as exc:
-        print(f"rankopt {args.command}: error: {exc}", file=sys.stderr)
+    except WorkerError as exc:  # the CLI's one translation of the worker's errors
+        code = "" if exc.code == UsageError.code else f" [{exc.code}]"
+        print(f"rankopt {args.command}: error: {exc}{code}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

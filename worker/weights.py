@@ -8,12 +8,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from worker.errors import WorkerError
+
 #: Uploaded weight files larger than this are refused before they are read.
 MAX_WEIGHTS_BYTES = 2 * 1024**3
 
 
-class WeightsError(ValueError):
+class WeightsError(WorkerError, ValueError):
     """A weights file is unreadable, unsafe, or does not fit the architecture."""
+
+    code = "invalid_weights"
 
 
 def read_state_dict(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.api.pickle_scan import NotTorchZip, UnsafePickle, check_torch_zip
+from service.names import ALLOWED_DATA_ROOTS_ENV, ALLOWED_FACTORIES_ENV, ZOO_PREFIXES
 
 __all__ = [
     "DATASET_KEYS",
@@ -40,7 +41,6 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 MAX_TENSOR_DIMS = 64  # numpy's limit; also bounds the cost of multiplying a shape out
 _ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-_ZOO_PREFIXES = ("rankopt:", "torchvision:")
 _NOT_WEIGHTS = (
     "the weights file is not a torch zip checkpoint or safetensors (legacy pickled checkpoints "
     "are refused: loading them can run code); save it with "
@@ -334,7 +334,7 @@ def check_server_dataset(source: str, allowed_roots: Sequence[Path]) -> Path | N
         raise InputError(
             "data_path_not_allowed",
             f"dataset {source!r} refused: this server allows no data roots (the operator sets "
-            "RANKOPT_ALLOWED_DATA_ROOTS); upload the data as an .npz file instead",
+            f"{ALLOWED_DATA_ROOTS_ENV}); upload the data as an .npz file instead",
         )
     raw = Path(rest)
     candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
@@ -365,7 +365,7 @@ def check_arch(arch: str, allowed_factories: Sequence[str]) -> None:
     Raises:
         InputError: ``factory_not_allowed``.
     """
-    if arch.startswith(_ZOO_PREFIXES):
+    if arch.startswith(ZOO_PREFIXES):
         return
     if arch not in allowed_factories:
         allowed = ", ".join(allowed_factories) or "none"
@@ -373,5 +373,5 @@ def check_arch(arch: str, allowed_factories: Sequence[str]) -> None:
             "factory_not_allowed",
             f"model factory {arch!r} is not allowed on this server (allowed: {allowed}); use "
             "'rankopt:<net>' or 'torchvision:<model>', or ask the operator to add it to "
-            "RANKOPT_ALLOWED_FACTORIES",
+            f"{ALLOWED_FACTORIES_ENV}",
         )

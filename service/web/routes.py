@@ -17,7 +17,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from service.api.deps import State
-from service.spec import _ARCH_RE, _SERVER_DATA_RE, BUILTIN_DATASETS, DATASET_UPLOAD, JobSpec
+from service.names import ARCH_PATTERN, SERVER_DATA_PATTERN
+from service.spec import BUILTIN_DATASETS, DATASET_UPLOAD, JobSpec
 
 __all__ = ["PAGE_CSP", "STATIC_DIR", "STATIC_FILES", "router"]
 
@@ -81,8 +82,8 @@ def ui_config(state: State) -> dict[str, Any]:
     """What the submission form checks before sending: the spec's JSON schema and limits."""
     return {
         "spec_schema": JobSpec.model_json_schema(),
-        "arch_pattern": _ARCH_RE.pattern,
-        "server_dataset_pattern": _SERVER_DATA_RE.pattern,
+        "arch_pattern": ARCH_PATTERN,
+        "server_dataset_pattern": SERVER_DATA_PATTERN,
         "builtin_datasets": list(BUILTIN_DATASETS),
         "dataset_upload": DATASET_UPLOAD,
         "weights_suffixes": [".safetensors", ".pt", ".pth", ".bin"],

@@ -5,7 +5,7 @@ message}`` says what is wrong, its upload is removed, and the code it carries ne
 marker file under ``tmp_path`` never appears). Files that are well formed but do not fit the
 architecture (another model's state_dict, int tensors for float ones, a tensor larger than its
 storage) may pass the API, which has no torch; the worker then fails the job with
-``bad_input`` and reads them only with safetensors or ``torch.load(weights_only=True)``, so
+``invalid_weights`` and reads them only with safetensors or ``torch.load(weights_only=True)``, so
 nothing in them runs either. The worker's own defence is also tested with the hostile files
 the API refuses, stored behind the API's back.
 """
@@ -454,7 +454,7 @@ def test_read_state_dict_refuses_code_running_pickles(
 def test_worker_refuses_hostile_files_stored_behind_the_apis_back(
     api_settings: Settings, api_store: Store, files: Path, marker: Path
 ) -> None:
-    """Defence in depth: files the API refuses, queued directly, fail as bad_input unread."""
+    """Defence in depth: files the API refuses, queued directly, fail as invalid_weights unread."""
     owner = api_store.create_api_key("direct")[1]
     jobs = []
     for case in HOSTILE:
@@ -472,13 +472,13 @@ def test_worker_refuses_hostile_files_stored_behind_the_apis_back(
     _drain(api_settings, api_store)
     for label, job_id in jobs:
         job = api_store.load_job(job_id)
-        assert (job.status, job.error_code) == (JobStatus.FAILED, "bad_input"), label
+        assert (job.status, job.error_code) == (JobStatus.FAILED, "invalid_weights"), label
         assert job.error_message is not None and "weights" in job.error_message, label
         assert str(api_settings.resolved_upload_dir) not in job.error_message, label
     assert not marker.exists()
 
 
-# ------------------------------------------------------------------ accepted, then bad_input
+# ------------------------------------------------------------------ accepted, then invalid_weights
 def _int_tensors(d: Path, m: Path) -> Path:
     state = {k: torch.ones(v.shape, dtype=torch.int32) for k, v in tinycnn_state().items()}
     return _torch_save(d / "ints.pt", state)
@@ -540,7 +540,7 @@ MISFITS: list[tuple[str, Callable[[Path, Path], Path], str]] = [
 ]
 
 
-def test_valid_files_that_do_not_fit_fail_the_job_as_bad_input(
+def test_valid_files_that_do_not_fit_fail_the_job_as_invalid_weights(
     api: TestClient,
     api_settings: Settings,
     api_store: Store,
@@ -548,7 +548,8 @@ def test_valid_files_that_do_not_fit_fail_the_job_as_bad_input(
     files: Path,
     marker: Path,
 ) -> None:
-    """The API (no torch) accepts these; the worker fails each job with a clear bad_input."""
+    """The API (no torch) accepts these; the worker fails each job with a clear message and
+    the code the API gives refused weights, invalid_weights."""
     submitted = {}
     for label, build, _ in MISFITS:
         response = submit(api, alice, WORKER_SPEC, build(files, marker))
@@ -559,7 +560,7 @@ def test_valid_files_that_do_not_fit_fail_the_job_as_bad_input(
         response = api.get(f"/v1/jobs/{submitted[label]}", headers=alice)
         body = response.json()
         assert body["status"] == "FAILED", (label, body)
-        assert body["error"]["code"] == "bad_input", (label, body)
+        assert body["error"]["code"] == "invalid_weights", (label, body)
         message = body["error"]["message"]
         assert fragment in message and "rankopt:tinycnn" in message, (label, message)
         assert str(api_settings.resolved_upload_dir) not in message, label

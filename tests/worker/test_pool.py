@@ -172,15 +172,21 @@ def _pickled_object() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "content", "suffix", "needle"),
+    ("overrides", "content", "suffix", "needle", "code"),
     [
-        ({}, b"not a safetensors file", ".safetensors", "weights"),
-        ({}, "pickle", ".pt", "weights"),
-        ({"arch": "rankopt:lenet5"}, None, ".safetensors", "weights do not fit"),
-        ({"arch": "os.path:join"}, None, ".safetensors", "not an allowed model factory"),
-        ({"dataset": "folder:/etc"}, None, ".safetensors", "dataset"),
-        ({"methods": ["nonsense"]}, None, ".safetensors", "methods"),
-        ({"epochs_per_trial": 0}, None, ".safetensors", "epochs_per_trial"),
+        ({}, b"not a safetensors file", ".safetensors", "weights", "invalid_weights"),
+        ({}, "pickle", ".pt", "weights", "invalid_weights"),
+        ({"arch": "rankopt:lenet5"}, None, ".safetensors", "weights do not fit", "invalid_weights"),
+        (
+            {"arch": "os.path:join"},
+            None,
+            ".safetensors",
+            "not an allowed model factory",
+            "factory_not_allowed",
+        ),
+        ({"dataset": "folder:/etc"}, None, ".safetensors", "dataset", "data_path_not_allowed"),
+        ({"methods": ["nonsense"]}, None, ".safetensors", "methods", "invalid_spec"),
+        ({"epochs_per_trial": 0}, None, ".safetensors", "epochs_per_trial", "invalid_spec"),
     ],
     ids=["corrupt", "pickle", "wrong-arch", "factory", "data-root", "method", "spec"],
 )
@@ -193,7 +199,9 @@ def test_bad_input_fails_the_job_with_an_actionable_message(
     content: Any,
     suffix: str,
     needle: str,
+    code: str,
 ) -> None:
+    """The job fails with the cause's code, the one the API's pre-check gives for it."""
     data = _pickled_object() if content == "pickle" else content
     job = submit(store, settings, owner, data if data is not None else weights, suffix=suffix)
     if overrides:  # the API validates specs; a stored spec may still be unusable
@@ -210,7 +218,7 @@ def test_bad_input_fails_the_job_with_an_actionable_message(
         worker.close()
     failed = store.load_job(job.id)
     assert failed.status is JobStatus.FAILED
-    assert failed.error_code == "bad_input"
+    assert failed.error_code == code
     assert failed.error_message is not None and needle in failed.error_message
     assert str(settings.resolved_upload_dir) not in failed.error_message
 

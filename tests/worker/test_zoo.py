@@ -389,13 +389,13 @@ def test_build_from_spec_is_the_declared_entry_point() -> None:
 
 def test_factory_outside_allow_list_is_refused_before_import() -> None:
     spec = "tests.worker.no_such_module_anywhere:factory"  # would fail if imported
-    with pytest.raises(ModelNotAllowedError, match="RANKOPT_ALLOWED_MODEL_FACTORIES"):
+    with pytest.raises(ModelNotAllowedError, match="RANKOPT_ALLOWED_FACTORIES"):
         resolve_factory(spec, allowed=["worker.zoo._mnist:lenet5"])
-    with pytest.raises(ModelNotAllowedError, match="RANKOPT_ALLOWED_MODEL_FACTORIES"):
+    with pytest.raises(ModelNotAllowedError, match="RANKOPT_ALLOWED_FACTORIES"):
         get_model(spec)
     with pytest.raises(ModelNotAllowedError):
         get_model("worker.zoo._mnist:lenet5", allowed_factories={"worker.zoo._mnist:lenet500_300"})
-    assert zoo.ALLOW_LIST_SETTING == "RANKOPT_ALLOWED_MODEL_FACTORIES"
+    assert zoo.ALLOW_LIST_SETTING == "RANKOPT_ALLOWED_FACTORIES"
 
 
 def test_allow_list_matches_exact_strings_only() -> None:

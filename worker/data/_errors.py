@@ -7,20 +7,31 @@ map failures onto HTTP codes can tell the subclasses apart.
 
 from __future__ import annotations
 
+from worker.errors import WorkerError
+
 __all__ = ["DataLimitError", "DataPathError", "DatasetError", "UnsafePickleError"]
 
 
-class DatasetError(ValueError):
+class DatasetError(WorkerError, ValueError):
     """The data cannot be used: missing, malformed, inconsistent or not understood."""
+
+    code = "invalid_dataset"
 
 
 class DataLimitError(DatasetError):
     """The data is well formed but larger than the operator's :class:`DataLimits` allow."""
 
+    code = "dataset_too_large"
+
 
 class DataPathError(DatasetError):
-    """A data path does not exist or lies outside every operator-allowed data root."""
+    """A data path lies outside every operator-allowed data root (or, with code
+    ``data_path_not_found``, does not exist under them)."""
+
+    code = "data_path_not_allowed"
 
 
 class UnsafePickleError(DatasetError):
     """A pickle asked for a global outside the small set needed to rebuild numpy arrays."""
+
+    code = "unsafe_pickle"

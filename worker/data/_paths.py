@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.names import ALLOWED_DATA_ROOTS_ENV
 from worker.data._errors import DataPathError
 
 __all__ = ["resolve_data_path"]
@@ -31,7 +32,7 @@ def resolve_data_path(path: str | os.PathLike[str], allowed_roots: Sequence[Path
     if not roots:
         raise DataPathError(
             f"data path {str(path)!r} refused: no data roots are allowed on this server "
-            "(the operator must configure allowed data roots)"
+            f"(the operator sets {ALLOWED_DATA_ROOTS_ENV})"
         )
     raw = Path(path)
     candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
@@ -47,7 +48,10 @@ def resolve_data_path(path: str | os.PathLike[str], allowed_roots: Sequence[Path
         if not _inside_any(resolved, roots):  # the tree changed between the two resolutions
             raise DataPathError(f"data path {str(path)!r} is outside the allowed data roots")
         return resolved
-    raise DataPathError(f"data path {str(path)!r} does not exist under the allowed data roots")
+    raise DataPathError(
+        f"data path {str(path)!r} does not exist under the allowed data roots",
+        code="data_path_not_found",
+    )
 
 
 def _resolve(candidate: Path, shown: str | os.PathLike[str], *, strict: bool) -> Path:

@@ -1,7 +1,8 @@
 """A job's inputs as a worker reads them: spec → search config, model, weights, data.
 
 Everything the user supplied is checked here, and a problem with it is a :class:`BadInput`
-whose message says what to fix. Uploaded files are read only from the upload folder, weights
+whose message says what to fix and whose ``code`` is the cause's (see
+:mod:`worker.pool._refusal`). Uploaded files are read only from the upload folder, weights
 only as safetensors or ``torch.load(weights_only=True)``, server-side data only under the
 allowed data roots, and model factories only from the allow-list.
 """
@@ -21,8 +22,9 @@ from service.settings import Settings
 from service.spec import JobSpec
 from service.store import JobRecord
 from worker.data import DataBundle, DataLimits, DatasetError, load_dataset
-from worker.search import SearchConfig
-from worker.training import ScheduleConfig
+from worker.errors import InvalidOptions
+from worker.pool._refusal import BadInput, refused
+from worker.search import SearchConfig, search_config
 from worker.weights import WeightsError, load_weights, read_state_dict
 from worker.zoo import ZooError, get_model
 
@@ -37,12 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class BadInput(ValueError):
-    """The job cannot run with what the user supplied; the message says what to change."""
-
-    code = "bad_input"
 
 
 @dataclass(frozen=True)
@@ -63,65 +59,23 @@ def parse_spec(raw: Any) -> JobSpec:
             f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise BadInput(f"the job spec is invalid: {problems}") from None
+        raise BadInput(f"the job spec is invalid: {problems}", code="invalid_spec") from None
 
 
 def search_config_from_spec(
     spec: JobSpec, device: str, *, trials: int | None = None
 ) -> SearchConfig:
-    """The :class:`SearchConfig` (and its schedule) of a job spec, run on ``device``.
-
-    ``trials`` overrides the spec's count (the job record's ``trials_total`` is the budget).
+    """The :class:`SearchConfig` of a job spec, run on ``device`` (see
+    :func:`worker.search.search_config`); ``trials`` overrides the spec's count (the job
+    record's ``trials_total`` is the budget).
 
     Raises:
         BadInput: a value the search refuses (e.g. a method name that is not registered).
     """
-    from tensorops import list_methods
-
-    methods = tuple(spec.methods) if spec.methods is not None else None
-    if methods is not None:
-        unknown = sorted(set(methods) - set(list_methods()))
-        if unknown:
-            raise BadInput(
-                f"methods: {unknown} are not decomposition methods; choose from {list_methods()}"
-            )
-    sched = spec.schedule
     try:
-        schedule = ScheduleConfig(
-            kind=sched.kind,
-            base_lr=sched.max_lr if sched.kind == "constant" else sched.base_lr,
-            max_lr=sched.max_lr,
-            cycle_epochs=sched.cycle_epochs,
-        )
-        return SearchConfig(
-            trials=trials if trials is not None else spec.trials,
-            timeout_s=spec.timeout_s,
-            max_accuracy_drop=spec.max_accuracy_drop,
-            objective=spec.objective,
-            pareto=spec.pareto,
-            sampler=spec.sampler,
-            pruner=spec.pruner,
-            seed=spec.seed,
-            seeding=spec.seeding,
-            methods=methods,
-            rank_scale=(float(spec.rank_scale[0]), float(spec.rank_scale[1])),
-            rank_multiple=spec.rank_multiple,
-            latency_batch_size=spec.latency_batch_size,
-            lr_scales=tuple(float(v) for v in spec.lr_scales),
-            push_factor=spec.push_factor,
-            epochs_per_trial=spec.epochs_per_trial,
-            final_epochs=spec.final_epochs,
-            distill_weight=spec.distill_weight,
-            temperature=spec.temperature,
-            verify_top=spec.verify_top,
-            verify_slack=spec.verify_slack,
-            schedule=schedule,
-            optimizer=spec.optimizer,
-            batch_size=spec.batch_size,
-            device=device,
-        )
-    except ValueError as exc:
-        raise BadInput(f"the job spec is invalid: {exc}") from None
+        return search_config(spec, device=device, trials=trials)
+    except InvalidOptions as exc:
+        raise refused(exc, "the job spec is invalid") from None
 
 
 def upload_path(settings: Settings, stored: str, what: str) -> Path:
@@ -176,19 +130,19 @@ def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
             limits=data_limits(settings),
         )
     except DatasetError as exc:
-        raise BadInput(f"dataset: {exc}") from None
+        raise refused(exc, "dataset") from None
     kwargs: dict[str, Any] = {"num_classes": spec.num_classes or data.num_classes}
     if spec.arch.startswith("rankopt:"):
         kwargs["in_channels"] = data.input_shape[0]
     try:
         model = get_model(spec.arch, allowed_factories=settings.allowed_factories, **kwargs)
     except ZooError as exc:
-        raise BadInput(f"arch: {exc}") from None
+        raise refused(exc, "arch") from None
     weights = upload_path(settings, job.weights_path, "weights")
     try:
         load_weights(model, read_state_dict(weights))
     except WeightsError as exc:
         # The path is the server's; the user knows the file as "the weights".
         detail = str(exc).replace(str(weights), "the weights file")
-        raise BadInput(f"weights ({spec.arch}): {detail}") from None
+        raise BadInput(f"weights ({spec.arch}): {detail}", code=exc.code) from None
     return JobInputs(model=model.eval(), data=data, arch={"arch": spec.arch, "kwargs": kwargs})

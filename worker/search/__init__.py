@@ -7,7 +7,7 @@ candidates (:mod:`worker.search._candidates`), writes the checkpoint, the typed
 """
 
 from worker.search._candidates import best_feasible, fallback_candidate, verification_candidates
-from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig
+from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
 from worker.search._context import SearchContext, prepare
 from worker.search._finalize import SearchResult, finalize
 from worker.search._latency import measure_latency, measure_speedup
@@ -15,7 +15,8 @@ from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
 from worker.search._report import Report, pareto_front
 from worker.search._run import Progress, default_storage, run_search, run_trials
-from worker.search._space import LayerSpace, build_space, plan_from_params, seed_trials
+from worker.search._seeds import seed_trials
+from worker.search._space import LayerSpace, build_space, plan_from_params
 from worker.search._study import (
     CONSTRAINT_ATTR,
     INTERRUPTED_ATTR,
@@ -59,6 +60,7 @@ __all__ = [
     "requeue_seed",
     "run_search",
     "run_trials",
+    "search_config",
     "seed_trials",
     "verification_candidates",
 ]

@@ -84,6 +84,14 @@ def fallback_candidate(
     )
 
 
+def verify_budget(config: SearchConfig, trial: FrozenTrial) -> tuple[int, int]:
+    """Epochs and seed of a candidate's fine-tune: the final one, or with ``final_epochs ==
+    0`` the trial's own again."""
+    if config.final_epochs > 0:
+        return config.final_epochs, config.seed
+    return config.epochs_per_trial, config.seed + trial.number
+
+
 def choose(
     ctx: SearchContext, study: optuna.Study
 ) -> tuple[FrozenTrial | None, nn.Module, EvalResult, list[Verification]]:
@@ -104,10 +112,7 @@ def choose(
     for trial in candidates:
         plan = Plan.from_dict(trial.user_attrs["plan"])
         model = ctx.compress(plan)
-        if config.final_epochs > 0:
-            epochs, seed = config.final_epochs, config.seed
-        else:
-            epochs, seed = config.epochs_per_trial, config.seed + trial.number
+        epochs, seed = verify_budget(config, trial)
         if len(plan.decomposed()) > 0:
             fit = ctx.finetune(model, epochs=epochs, seed=seed)
             # finetune's last evaluation is of the weights it leaves: no second pass needed.

@@ -1,4 +1,10 @@
-"""Settings of one compression search."""
+"""Settings of one compression search, and the one mapping from a job's options to them.
+
+The options a user sets (and their defaults) are :class:`service.job_options.JobOptions`;
+:class:`SearchConfig` takes its defaults from it and adds what only a library caller tunes
+(sensitivity analysis, seed plans, latency repeats) and the runtime ``device``.
+:func:`search_config` turns options into a config, by field name, for the CLI and the pool.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from service.job_options import DEFAULTS, JobOptions, ScheduleOptions
+from worker.errors import InvalidOptions
 from worker.training import ScheduleConfig
 
 Objective = Literal["params", "macs", "latency"]
@@ -17,6 +25,16 @@ SAMPLERS: tuple[str, ...] = ("tpe", "gp", "random")
 PRUNERS: tuple[str, ...] = ("feasibility", "median", "halving", "none")
 
 
+def schedule_config(options: ScheduleOptions) -> ScheduleConfig:
+    """The training schedule of a job's schedule options (``constant`` runs at ``max_lr``)."""
+    return ScheduleConfig(
+        kind=options.kind,
+        base_lr=options.max_lr if options.kind == "constant" else options.base_lr,
+        max_lr=options.max_lr,
+        cycle_epochs=options.cycle_epochs,
+    )
+
+
 def drop_points(baseline_accuracy: float, accuracy: float) -> float:
     """Accuracy drop in points, rounded to 1e-9 so that a drop of exactly the tolerance
     (10 of 1,000 validation examples for 1 point) is not judged over it by float noise."""
@@ -26,6 +44,9 @@ def drop_points(baseline_accuracy: float, accuracy: float) -> float:
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that shapes a search; stored in the report so a run can be reproduced.
+
+    The defaults of the fields a job can set are :data:`service.job_options.DEFAULTS`, the same
+    as ``rankopt compress``'s and the REST spec's.
 
     ``max_accuracy_drop`` is in percentage points of top-1 accuracy. ``rank_scale`` bounds the
     per-layer multiplier of the EVBMF rank (searched log-uniformly). Estimated ranks are raised
@@ -39,7 +60,10 @@ class SearchConfig:
     over ``rank_scale``) and evaluated on up to ``sensitivity_samples`` validation examples
     without fine-tuning; for each budget in
     ``sensitivity_budgets`` (points) a seed takes every layer at the smallest scale within it.
-    An empty ``sensitivity_budgets`` skips the analysis.
+    An empty ``sensitivity_budgets`` skips the analysis. For each of ``ratio_targets`` a seed
+    allocates per-layer ranks greedily from the same curves for the best predicted accuracy at
+    that compression ratio (:mod:`worker.search._ratio_seeds`); with targets, the scan goes on
+    to deeper ranks (until a layer alone loses ``SCAN_STOP_POINTS``).
 
     ``pruner`` stops trials between epochs: ``feasibility`` only when the trial's drop cannot
     come back within ``max_accuracy_drop + verify_slack`` even with the largest recovery a
@@ -54,7 +78,9 @@ class SearchConfig:
     trials whose drop is within ``max_accuracy_drop + verify_slack``, most compressed first,
     are fine-tuned for ``final_epochs``; the first that meets the tolerance wins. A short
     trial fine-tune misjudges a plan both ways, and the longer fine-tune settles it. When all
-    fail, the most accurate compressed trial within the tolerance is tried last.
+    fail, the most accurate compressed trial within the tolerance is tried last. When the
+    chosen plan leaves a margin, up to ``spend_steps`` more final fine-tunes bisect a factor on
+    all of its rank scales to spend it (:mod:`worker.search._spend`); 0 turns that off.
 
     Pushing: whenever a trial becomes the most compressed within ``max_accuracy_drop +
     verify_slack``, its plan with every rank
@@ -77,41 +103,41 @@ class SearchConfig:
     :func:`worker.search.measure_speedup`).
     """
 
-    trials: int = 40
-    timeout_s: float | None = None
-    max_accuracy_drop: float = 1.0
-    objective: Objective = "params"
-    pareto: bool = False
-    sampler: SamplerName = "tpe"
-    pruner: PrunerName = "feasibility"
-    seed: int = 0
-    seeding: bool = True
-    methods: tuple[str, ...] | None = None
-    rank_scale: tuple[float, float] = (0.1, 4.0)
-    rank_multiple: int = 1
+    trials: int = DEFAULTS.trials
+    timeout_s: float | None = DEFAULTS.timeout_s
+    max_accuracy_drop: float = DEFAULTS.max_accuracy_drop
+    objective: Objective = DEFAULTS.objective
+    pareto: bool = DEFAULTS.pareto
+    sampler: SamplerName = DEFAULTS.sampler
+    pruner: PrunerName = DEFAULTS.pruner
+    seed: int = DEFAULTS.seed
+    seeding: bool = DEFAULTS.seeding
+    methods: tuple[str, ...] | None = (
+        tuple(DEFAULTS.methods) if DEFAULTS.methods is not None else None
+    )
+    rank_scale: tuple[float, float] = DEFAULTS.rank_scale
+    rank_multiple: int = DEFAULTS.rank_multiple
     min_rank_fraction: float = 0.05
     seed_min_share: float = 0.02
     sensitivity_budgets: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     sensitivity_points: int = 9
     sensitivity_samples: int = 2000
-    distill_weight: float = 0.5
-    temperature: float = 2.0
-    verify_top: int = 3
-    verify_slack: float = 0.5
-    epochs_per_trial: int = 2
-    final_epochs: int = 8
-    schedule: ScheduleConfig = field(
-        default_factory=lambda: ScheduleConfig(
-            kind="triangular2", base_lr=1e-4, max_lr=0.01, cycle_epochs=1.0
-        )
-    )
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    batch_size: int = 128
+    ratio_targets: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 32.0)
+    spend_steps: int = 2
+    distill_weight: float = DEFAULTS.distill_weight
+    temperature: float = DEFAULTS.temperature
+    verify_top: int = DEFAULTS.verify_top
+    verify_slack: float = DEFAULTS.verify_slack
+    epochs_per_trial: int = DEFAULTS.epochs_per_trial
+    final_epochs: int = DEFAULTS.final_epochs
+    schedule: ScheduleConfig = field(default_factory=lambda: schedule_config(DEFAULTS.schedule))
+    optimizer: Literal["sgd", "adamw"] = DEFAULTS.optimizer
+    batch_size: int = DEFAULTS.batch_size
     device: str = "auto"
-    latency_batch_size: int = 1
+    latency_batch_size: int = DEFAULTS.latency_batch_size
     latency_repeats: int = 30
-    lr_scales: tuple[float, ...] = (1.0, 0.3, 0.1)
-    push_factor: float | None = 0.7
+    lr_scales: tuple[float, ...] = tuple(DEFAULTS.lr_scales)
+    push_factor: float | None = DEFAULTS.push_factor
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -146,6 +172,10 @@ class SearchConfig:
             raise ValueError(
                 f"sensitivity_budgets must be points >= 0, got {self.sensitivity_budgets}"
             )
+        if any(not 1 < r < math.inf for r in self.ratio_targets):
+            raise ValueError(f"ratio_targets must be ratios > 1, got {self.ratio_targets}")
+        if self.spend_steps < 0:
+            raise ValueError(f"spend_steps must be >= 0, got {self.spend_steps}")
         if self.sensitivity_points < 1 or self.sensitivity_samples < 1:
             raise ValueError("sensitivity_points and sensitivity_samples must be >= 1")
         if not 0 <= self.distill_weight <= 1:
@@ -178,5 +208,42 @@ class SearchConfig:
         data["rank_scale"] = list(self.rank_scale)
         data["methods"] = list(self.methods) if self.methods is not None else None
         data["sensitivity_budgets"] = list(self.sensitivity_budgets)
+        data["ratio_targets"] = list(self.ratio_targets)
         data["lr_scales"] = list(self.lr_scales)
         return data
+
+
+def search_config(
+    options: JobOptions, *, device: str = "auto", trials: int | None = None
+) -> SearchConfig:
+    """The :class:`SearchConfig` of a job's options (a :class:`JobOptions` or a ``JobSpec``),
+    run on ``device``: every option goes to the config field of the same name.
+
+    ``trials`` overrides the options' count (the pool's job record holds the budget).
+
+    Raises:
+        InvalidOptions: a value the search refuses, e.g. a method name that is not registered.
+    """
+    from tensorops import list_methods
+
+    values: dict[str, Any] = {}
+    for name in JobOptions.model_fields:
+        value = getattr(options, name)
+        if isinstance(value, ScheduleOptions):
+            value = schedule_config(value)
+        elif isinstance(value, list | tuple):
+            value = tuple(value)
+        values[name] = value
+    if trials is not None:
+        values["trials"] = trials
+    methods = values["methods"]
+    if methods is not None:
+        unknown = sorted(set(methods) - set(list_methods()))
+        if unknown:
+            raise InvalidOptions(
+                f"methods: {unknown} are not decomposition methods; choose from {list_methods()}"
+            )
+    try:
+        return SearchConfig(**values, device=device)
+    except ValueError as exc:
+        raise InvalidOptions(str(exc)) from None

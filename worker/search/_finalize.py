@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 
 from tensorops import LayerInfo, Plan, measure_cost, save_compressed
 from tensorops.methods import get_method
-from worker.search._candidates import choose
+from worker.search._candidates import choose, verify_budget
 from worker.search._config import drop_points
 from worker.search._context import SearchContext
 from worker.search._plot import plot_pareto
@@ -30,6 +30,7 @@ from worker.search._report import (
     TrialRecord,
     write_json,
 )
+from worker.search._spend import SpendResult, spend_margin
 from worker.search._study import SEED_ATTR
 
 REPORT_NAME = "report.json"
@@ -117,6 +118,13 @@ def finalize(
     out_dir.mkdir(parents=True, exist_ok=True)
     best, model, result, checks = choose(ctx, study)
     plan = Plan.from_dict(best.user_attrs["plan"]) if best is not None else Plan()
+    spent = SpendResult(skipped="no plan met the tolerance")
+    if best is not None and len(plan.decomposed()) > 0:
+        epochs, seed = verify_budget(config, best)
+        drop = drop_points(ctx.baseline_accuracy, result.accuracy)
+        spent = spend_margin(ctx, best, plan, drop, epochs=epochs, seed=seed)
+        if spent.plan is not None and spent.model is not None and spent.result is not None:
+            plan, model, result = spent.plan, spent.model, spent.result
     model = model.to("cpu").eval()
     latency_after = ctx.latency(model)
     latency_before = ctx.baseline_latency or ctx.latency(ctx.model)
@@ -144,7 +152,9 @@ def finalize(
             latency=latency_before / max(latency_after, 1e-12),
         ),
         chosen_trial=best.number if best is not None else None,
+        chosen_by_spending=spent.plan is not None,
         verification=checks,
+        spend=spent.to_dict(margin_left=config.max_accuracy_drop - drop),
         plan=plan.to_dict(),
         layers=[layer_row(info, plan) for info in ctx.layers],
         search=config.to_dict(),

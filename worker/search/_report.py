@@ -145,7 +145,9 @@ class Report:
     final: Final
     ratios: Ratios
     chosen_trial: int | None
+    chosen_by_spending: bool
     verification: list[Verification]
+    spend: dict[str, Any]
     plan: dict[str, Any]
     layers: list[LayerRow]
     search: dict[str, Any]
@@ -168,8 +170,10 @@ class Report:
             "final": asdict(self.final),
             "ratios": asdict(self.ratios),
             "chosen_trial": self.chosen_trial,
+            "chosen_by_spending": self.chosen_by_spending,
             "found_feasible": self.found_feasible,
             "verification": [asdict(v) for v in self.verification],
+            "spend": self.spend,
             "plan": self.plan,
             "layers": [row.to_dict() for row in self.layers],
             "search": self.search,

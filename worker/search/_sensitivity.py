@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 Sensitivity = Mapping[str, Sequence[tuple[float, float]]]  # layer -> [(scale, drop in points)]
 
+#: With ratio seeds, a layer's scan goes on until its solo drop passes this many points: the
+#: ratio seeds need the curve's deep end, which fine-tuning largely recovers.
+SCAN_STOP_POINTS = 30.0
+
 
 def scale_grid(config: SearchConfig) -> list[float]:
     """``config.sensitivity_points`` scales, geometric over ``rank_scale``, highest first."""
@@ -52,7 +56,8 @@ def layer_sensitivity(
     """Accuracy drop (points) per layer and rank scale, each layer compressed alone.
 
     Scales are tried from the largest down and a layer's scan stops once its drop passes the
-    largest seed budget (smaller ranks only do worse). Layers kept dense in every seed (the
+    largest seed budget (smaller ranks only do worse), or :data:`SCAN_STOP_POINTS` when
+    ``config.ratio_targets`` asks for ratio seeds. Layers kept dense in every seed (the
     output layer, and those under ``seed_min_share`` of the cost) are skipped.
     """
     started = time.perf_counter()
@@ -61,6 +66,8 @@ def layer_sensitivity(
     base = evaluate(model, subset, device=device).accuracy
     model.to("cpu")
     limit = max(config.sensitivity_budgets)
+    if config.ratio_targets:
+        limit = max(limit, SCAN_STOP_POINTS)
     skip = small_layers(spaces, layers, config) | {output_layer(spaces, layers)}
     result: dict[str, list[tuple[float, float]]] = {}
     for space in spaces:

@@ -13,7 +13,7 @@ from worker.search._calibrate import LR_CALIBRATION_ATTR, LrCalibration
 from worker.search._config import SearchConfig
 from worker.search._context import SearchContext
 from worker.search._pruning import FeasibilityPruner
-from worker.search._space import seed_trials
+from worker.search._seeds import seed_budget, seed_trials
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def open_study(
             sensitivity=ctx.seed_sensitivity(),
             speedups=ctx.seed_speedups(),
         )
-        for label, params in seeds:
+        for label, params in seeds[: seed_budget(config.trials)]:
             study.enqueue_trial(params, user_attrs={SEED_ATTR: label})
         logger.info("enqueued %d EVBMF seed trials", len(study.get_trials(deepcopy=False)))
     for trial in existing if fail_running else ():

@@ -1,30 +1,28 @@
 """Operator-installed model factories given as ``"package.module:function"``.
 
 Importing a module runs its code, so a factory is resolved only when its exact string is in
-the operator's allow-list (the ``RANKOPT_ALLOWED_MODEL_FACTORIES`` setting); nothing else
+the operator's allow-list (:data:`service.names.ALLOWED_FACTORIES_ENV`); nothing else
 about the string is trusted.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable, Collection
 from typing import Any
 
 from torch import nn
 
+from service.names import ALLOWED_FACTORIES_ENV, FACTORY_RE
 from worker.zoo._errors import ModelNotAllowedError, ModelSpecError, UnknownModelError
 
-ALLOW_LIST_SETTING = "RANKOPT_ALLOWED_MODEL_FACTORIES"
-
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_FACTORY_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
+#: The setting that holds the allow-list (kept under this name for callers of the zoo).
+ALLOW_LIST_SETTING = ALLOWED_FACTORIES_ENV
 
 
 def is_factory_spec(spec: str) -> bool:
     """Whether ``spec`` has the ``"package.module:function"`` form (says nothing of trust)."""
-    return _FACTORY_RE.fullmatch(spec) is not None
+    return FACTORY_RE.fullmatch(spec) is not None
 
 
 def resolve_factory(spec: str, allowed: Collection[str]) -> Callable[..., nn.Module]:
