@@ -8,7 +8,6 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,25 +53,6 @@ from worker.training import evaluate
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_weights(tmp_path_factory)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    s = Store.from_settings(settings)
-    try:
-        yield s
-    finally:
-        s.dispose()
-
-
-@pytest.fixture
-def owner(store: Store) -> ApiKeyRecord:
-    return store.create_api_key("alice")[1]
 
 
 def make_worker(settings: Settings, store: Store, name: str = "w-test") -> Worker:
@@ -356,6 +336,7 @@ def test_shutdown_during_finalize_hands_the_phase_back(
     assert (
         released.error_message is not None and "shut down during finalize" in released.error_message
     )
+    assert (released.phase_errors, released.lost_leases) == (0, 0)  # a shutdown is no error
     assert not store.list_artifacts(job.id)
     assert not list((settings.artifact_root / "jobs").iterdir())  # staging removed
 

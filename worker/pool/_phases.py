@@ -16,17 +16,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.store import Claim, JobRecord, JobStatus, LeaseLost
 from worker.pool._context import JobContext
+from worker.pool._host import WorkerHost
 from worker.pool._inputs import BadInput
 from worker.pool._lease import LeaseKeeper, PhaseInterrupted
 from worker.pool._publish import publish_results
 from worker.pool._storage import delete_study_if_exists
-
-if TYPE_CHECKING:
-    from worker.pool._worker import Worker
 
 __all__ = ["Phase", "cleanup_cancelled", "finalize", "leased_phase", "prepare"]
 
@@ -40,7 +38,7 @@ class Phase:
 
 
 @contextmanager
-def leased_phase(worker: Worker, job: JobRecord, phase: str) -> Iterator[Phase]:
+def leased_phase(worker: WorkerHost, job: JobRecord, phase: str) -> Iterator[Phase]:
     """Hold ``worker``'s lease on ``job`` while the body runs ``phase`` (``prepare`` or
     ``finalize``); an error ends the phase by the module's failure path, not raised.
 
@@ -64,7 +62,7 @@ def leased_phase(worker: Worker, job: JobRecord, phase: str) -> Iterator[Phase]:
         state.done = True
 
 
-def prepare(worker: Worker, claim: Claim) -> None:
+def prepare(worker: WorkerHost, claim: Claim) -> None:
     """The prepare phase: inputs, baseline, inventory, EVBMF, study with seeds."""
     job = claim.job
     jc: JobContext | None = None
@@ -90,7 +88,7 @@ def prepare(worker: Worker, claim: Claim) -> None:
     )
 
 
-def finalize(worker: Worker, claim: Claim) -> None:
+def finalize(worker: WorkerHost, claim: Claim) -> None:
     """The finalize phase: long fine-tune of the best plans, artifacts, result."""
     job = claim.job
     result: dict[str, Any] = {}
@@ -138,7 +136,7 @@ def finalize(worker: Worker, claim: Claim) -> None:
     )
 
 
-def cleanup_cancelled(worker: Worker, job: JobRecord) -> None:
+def cleanup_cancelled(worker: WorkerHost, job: JobRecord) -> None:
     """Forget a cancelled job and delete its Optuna study."""
     worker.cache.evict(job.id)
     try:
@@ -154,7 +152,7 @@ def cleanup_cancelled(worker: Worker, job: JobRecord) -> None:
     )
 
 
-def _fail(worker: Worker, job: JobRecord, exc: BadInput) -> None:
+def _fail(worker: WorkerHost, job: JobRecord, exc: BadInput) -> None:
     worker.log(logging.WARNING, "bad_input", str(exc), job.id)
     worker.cache.evict(job.id)
     try:
@@ -163,7 +161,7 @@ def _fail(worker: Worker, job: JobRecord, exc: BadInput) -> None:
         worker.log(logging.WARNING, "lease_lost", f"could not fail the job: {lost.detail}", job.id)
 
 
-def _release(worker: Worker, job: JobRecord, phase: str, exc: BaseException) -> None:
+def _release(worker: WorkerHost, job: JobRecord, phase: str, exc: BaseException) -> None:
     message = f"{phase} failed on worker {worker.worker_id}: {type(exc).__name__}: {exc}"
     worker.log(logging.ERROR, f"{phase}_error", message, job.id, exc_info=True)
     worker.cache.evict(job.id)
@@ -174,7 +172,7 @@ def _release(worker: Worker, job: JobRecord, phase: str, exc: BaseException) -> 
 
 
 def _interrupted(
-    worker: Worker, job: JobRecord, exc: PhaseInterrupted | LeaseLost, phase: str
+    worker: WorkerHost, job: JobRecord, exc: PhaseInterrupted | LeaseLost, phase: str
 ) -> None:
     worker.cache.evict(job.id)
     reason = exc.reason if isinstance(exc, PhaseInterrupted) else "lease_lost"
@@ -201,8 +199,8 @@ def _interrupted(
             f"worker {worker.worker_id} shut down during {phase}; another worker takes it over"
         )
         worker.log(logging.INFO, "released", message, job.id)
-        try:
-            worker.store.release_lease(job.id, worker.worker_id, message)
+        try:  # a shutdown is no error of the phase: it counts towards no limit
+            worker.store.release_lease(job.id, worker.worker_id, message, raised=False)
         except LeaseLost as lost:
             worker.log(logging.WARNING, "lease_lost", lost.detail, job.id)
     else:

@@ -11,18 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import optuna
 
 from service.store import JobRecord, is_database_unavailable
 from worker.pool._budget import INTERRUPTED_ATTR, over_budget
 from worker.pool._context import JobContext
+from worker.pool._host import WorkerHost
 from worker.pool._storage import WORKER_ATTR
 from worker.search import SearchStopped, make_objective
-
-if TYPE_CHECKING:
-    from worker.pool._worker import Worker
 
 __all__ = ["OverBudget", "TrialOutcome", "TrialRun", "frozen_trial"]
 
@@ -45,7 +43,7 @@ class TrialOutcome:
 class TrialRun:
     """One trial of ``job`` by ``worker``, at most ``budget`` trials counted in the study."""
 
-    def __init__(self, worker: Worker, job: JobRecord, jc: JobContext, budget: int) -> None:
+    def __init__(self, worker: WorkerHost, job: JobRecord, jc: JobContext, budget: int) -> None:
         self.worker = worker
         self.job = job
         self.jc = jc

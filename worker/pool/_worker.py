@@ -474,6 +474,8 @@ class Worker:
             claim.job.id,
             kind=claim.kind,
             attempt=claim.job.attempts,
+            phase_errors=claim.job.phase_errors,
+            lost_leases=claim.job.lost_leases,
         )
         if claim.kind == "cancel":
             self.cleanup_cancelled(claim.job)

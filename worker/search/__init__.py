@@ -10,7 +10,7 @@ from worker.search._candidates import best_feasible, fallback_candidate, verific
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
 from worker.search._context import SearchContext, prepare
 from worker.search._finalize import SearchResult, finalize
-from worker.search._latency import measure_latency, measure_speedup
+from worker.search._latency import measure_latency, measure_speedup, median_ratio, time_rounds
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
 from worker.search._report import Report, pareto_front
@@ -53,6 +53,7 @@ __all__ = [
     "make_sampler",
     "measure_latency",
     "measure_speedup",
+    "median_ratio",
     "open_study",
     "pareto_front",
     "plan_from_params",
@@ -62,5 +63,6 @@ __all__ = [
     "run_trials",
     "search_config",
     "seed_trials",
+    "time_rounds",
     "verification_candidates",
 ]
