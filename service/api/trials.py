@@ -3,8 +3,8 @@
 The API imports no Optuna: the live study ``job-<id>`` is read by
 :mod:`service.store.optuna_tables` (the one module that queries Optuna's tables). The worker's
 objective stores ``plan``, ``accuracy``, ``accuracy_drop``, ``compression``, ``params_count``,
-``macs``, ``latency_s`` and ``seconds`` as user attributes, and a seed trial's label under
-``seed``.
+``macs``, ``latency_s``, ``latency_ratio``, ``latency_met`` and ``seconds`` as user attributes,
+and a seed trial's label under ``seed``.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def read_study_trials(engine: Engine, study_name: str) -> list[dict[str, Any]] |
                 "params_count": user.get("params_count"),
                 "macs": user.get("macs"),
                 "latency_s": user.get("latency_s"),
+                "latency_ratio": user.get("latency_ratio"),
+                "latency_met": user.get("latency_met"),
                 "duration_s": duration,
                 "worker": user.get("worker"),
             }

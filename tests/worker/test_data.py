@@ -72,8 +72,10 @@ def test_builtin_loads(
     bundle: DataBundle = request.getfixturevalue(name)
     _check_bundle(bundle, chw, num_classes=10)
     assert bundle.name == name
-    assert len(bundle.y_train) + len(bundle.y_val) == total
+    assert bundle.y_test is not None  # carved out: 60 / 20 / 20
+    assert len(bundle.y_train) + len(bundle.y_val) + len(bundle.y_test) == total
     assert len(bundle.y_val) == pytest.approx(0.2 * total, abs=10)
+    assert len(bundle.y_test) == pytest.approx(0.2 * total, abs=10)
     assert set(bundle.y_val.tolist()) == set(range(10))  # stratified: every class in val
     # Normalised: roughly zero mean, unit spread.
     assert abs(float(bundle.x_train.mean())) < 0.1
@@ -82,7 +84,7 @@ def test_builtin_loads(
 
 
 def test_list_builtin_datasets() -> None:
-    assert list_builtin_datasets() == ["digits", "mnist5k"]
+    assert list_builtin_datasets() == ["digits", "fashion-mnist", "mnist5k"]
 
 
 def test_split_is_deterministic_per_seed(digits: DataBundle) -> None:
@@ -381,7 +383,8 @@ def test_image_folder_loads(data_root: Path) -> None:
     bundle = load_dataset("folder:pets", allowed_roots=[data_root])
     _check_bundle(bundle, (3, 32, 32), num_classes=3)
     assert bundle.name == "folder:pets"
-    assert len(bundle.y_train) + len(bundle.y_val) == 25
+    assert bundle.y_test is not None
+    assert len(bundle.y_train) + len(bundle.y_val) + len(bundle.y_test) == 25
     assert len(bundle.y_val) == 5  # 2 + 2 + 1, stratified
     assert abs(float(bundle.x_train.mean())) < 0.1  # normalised with train statistics
     again = load_dataset(f"folder:{data_root / 'pets'}", allowed_roots=[data_root])
@@ -473,15 +476,16 @@ def test_cifar10_loads(data_root: Path, protocol: int) -> None:
     bundle = load_dataset("cifar10:cifar", allowed_roots=[data_root])
     _check_bundle(bundle, (3, 32, 32), num_classes=10)
     assert bundle.name == "cifar10"
-    assert len(bundle.y_train) == 20 and len(bundle.y_val) == 4
-    assert bundle.y_val.tolist() == [(50 + i) % 10 for i in range(4)]
+    assert bundle.y_test is not None and bundle.x_test is not None  # test_batch
+    assert len(bundle.y_train) + len(bundle.y_val) == 20 and len(bundle.y_test) == 4
+    assert bundle.y_test.tolist() == [(50 + i) % 10 for i in range(4)]
     # Channel planes land in the right place and carry CIFAR's normalisation constants.
     for channel, value, mean, std in zip(
         range(3), (10, 20, 30), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     ):
         got = float(bundle.x_train[0, channel, 5, 5])
         assert got == pytest.approx((value / 255 - mean) / std, abs=1e-5)
-    assert float(bundle.x_train[1, 0, 0, 0]) == pytest.approx((1 / 255 - 0.4914) / 0.2470, 1e-5)
+    assert float(bundle.x_test[1, 0, 0, 0]) == pytest.approx((51 / 255 - 0.4914) / 0.2470, 1e-5)
 
 
 class _Py2Pickler(pickle._Pickler):
@@ -512,13 +516,14 @@ def test_cifar10_python2_pickles(data_root: Path) -> None:
         (base / name).write_bytes(raw)
     bundle = load_dataset("cifar10:cifar", allowed_roots=[data_root])
     _check_bundle(bundle, (3, 32, 32), num_classes=10)
-    assert bundle.y_val.tolist() == [3, 4, 5, 6]
+    assert bundle.y_test is not None and bundle.y_test.tolist() == [3, 4, 5, 6]
 
 
 def test_cifar10_batches_dir_and_max_train(data_root: Path) -> None:
     base = _cifar_dir(data_root, n=6)
     bundle = load_cifar10(base, allowed_roots=[data_root], max_train=7, seed=1)
-    assert len(bundle.y_train) == 7 and len(bundle.y_val) == 6
+    assert bundle.y_test is not None
+    assert len(bundle.y_train) == 7 and len(bundle.y_test) == 6
 
 
 def test_cifar10_missing_batch(data_root: Path) -> None:

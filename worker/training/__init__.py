@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from worker.training._batches import LoaderOptions, as_dataset, budget_indices
 from worker.training._device import resolve_device
-from worker.training._evaluate import EvalResult, evaluate, predict_logits
+from worker.training._distill import TABLE_MAX_BYTES, use_teacher_table
+from worker.training._evaluate import EvalResult, eval_indices, evaluate, predict_logits
 from worker.training._lc import LcResult, LcSchedule, lc_finetune
 from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
@@ -13,6 +15,7 @@ from worker.training._train import TRAIN_SCHEDULES, TrainSchedule, train
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULE_KINDS",
+    "TABLE_MAX_BYTES",
     "TRAIN_SCHEDULES",
     "EpochCallback",
     "EpochReport",
@@ -21,10 +24,14 @@ __all__ = [
     "FinetuneStatus",
     "LcResult",
     "LcSchedule",
+    "LoaderOptions",
     "OptimizerName",
     "ScheduleConfig",
     "ScheduleKind",
     "TrainSchedule",
+    "as_dataset",
+    "budget_indices",
+    "eval_indices",
     "evaluate",
     "finetune",
     "lc_finetune",
@@ -32,4 +39,5 @@ __all__ = [
     "predict_logits",
     "resolve_device",
     "train",
+    "use_teacher_table",
 ]
