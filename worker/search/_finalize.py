@@ -374,7 +374,12 @@ def finalize(
             if ctx.lr_calibration is not None
             else {"scale": ctx.lr_scale, "accuracies": [], "seconds": 0.0}
         ),
-        "data": {"name": ctx.data.name, "train": len(ctx.data.y_train), "val": len(ctx.data.y_val)},
+        "data": {
+            "name": ctx.data.name,
+            "train": len(ctx.data.y_train),
+            "val": len(ctx.data.y_val),
+            "split_seed": ctx.data.split_seed,
+        },
         "arch": arch,
         "pareto_front": pareto_front(records),
         "trials": records,
@@ -388,6 +393,9 @@ def finalize(
             "arch": arch,
             "accuracy": result.accuracy,
             "baseline_accuracy": ctx.baseline_accuracy,
+            "data": ctx.data.name,
+            "seed": config.seed,
+            "split_seed": ctx.data.split_seed,
         },
     )
     _write_json(out_dir / REPORT_NAME, report)
