@@ -205,3 +205,15 @@ def test_a_job_splits_by_its_split_seed_and_warns_on_another(
     assert inputs.data.split_seed == 2
     assert torch.equal(inputs.data.x_val, open_dataset("digits", split_seed=2).to_bundle().x_val)
     assert "split_seed 0, not 2" in caplog.text
+
+
+def test_submit_sends_split_seed_apart_from_seed() -> None:
+    from service.cli.commands import _spec
+    from worker.cli import _parser
+
+    argv = "submit --arch rankopt:lenet5 --weights w.safetensors --dataset fashion-mnist"
+    args = _parser().parse_args([*argv.split(), "--seed", "1", "--split-seed", "2"])
+    spec, upload = _spec(args)
+    assert upload is None
+    assert (spec["dataset"], spec["seed"], spec["split_seed"]) == ("fashion-mnist", 1, 2)
+    assert JobSpec.model_validate(spec).split_seed == 2
