@@ -16,7 +16,7 @@ from worker.search._config import SearchConfig
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._layer_latency import layer_speedups
 from worker.search._sensitivity import layer_sensitivity
-from worker.search._space import LayerSpace, build_space
+from worker.search._space import LayerSpace, build_space, evbmf_params, plan_from_params
 from worker.training import (
     EpochCallback,
     FinetuneResult,
@@ -59,7 +59,17 @@ class SearchContext:
     def calibrate_lr(self) -> LrCalibration:
         """Measure the learning-rate multiplier for this model (see
         :mod:`worker.search._calibrate`) and use it from now on."""
-        self.lr_calibration = calibrate_lr(self)
+        config = self.config
+        self.lr_calibration = calibrate_lr(
+            config.lr_scales,
+            lambda: plan_from_params(
+                self.model, self.spaces, evbmf_params(self.spaces, self.layers, config), config
+            ),
+            compress=self.compress,
+            finetune=self.finetune,
+            epochs=config.epochs_per_trial,
+            seed=config.seed,
+        )
         self.model.to("cpu")
         return self.lr_calibration
 
