@@ -76,7 +76,19 @@ class JobOptions(BaseModel):
         description="stop trials early: feasibility (only those that cannot meet the "
         "tolerance), median, halving, none",
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="seed of the search and split")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="seed of the search (sampler, fine-tunes); the data split has its own",
+    )
+    split_seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="seed of the train/val/test split of built-in, folder and CIFAR data; keep "
+        "the one the starting model was trained with",
+    )
     seeding: bool = Field(default=True, description="enqueue the EVBMF plans first")
     methods: list[str] | None = Field(
         default=None,

@@ -52,6 +52,7 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "sampler": ("random", "random"),
         "pruner": ("none", "none"),
         "seed": ("3", 3),
+        "split_seed": ("5", 5),
         "methods": ("svd,cp", ["svd", "cp"]),
         "rank_scale": ("0.2,2", (0.2, 2.0)),
         "rank_multiple": ("8", 8),

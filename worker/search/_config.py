@@ -128,6 +128,7 @@ class SearchConfig:
     sampler: SamplerName = DEFAULTS.sampler
     pruner: PrunerName = DEFAULTS.pruner
     seed: int = DEFAULTS.seed
+    split_seed: int = DEFAULTS.split_seed  # the data's, not the search's: recorded, not used
     seeding: bool = DEFAULTS.seeding
     methods: tuple[str, ...] | None = (
         tuple(DEFAULTS.methods) if DEFAULTS.methods is not None else None

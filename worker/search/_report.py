@@ -136,11 +136,12 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class DataSummary:
-    """The data set's name and split sizes."""
+    """The data set's name, split sizes and split seed (the data's, not the search's)."""
 
     name: str
     train: int
     val: int
+    split_seed: int = 0
 
 
 @dataclass(frozen=True)
