@@ -47,11 +47,11 @@ def test_a_joining_worker_reads_the_prepared_context_from_the_study(
     first = Worker(settings, store, worker_id="w-first", device="cpu")
     joiner = Worker(settings, store, worker_id="w-join", device="cpu")
     try:
-        prepared = first._build_context(job, create=True)
+        prepared = first.build_context(job, create=True)
         assert prepared is not None
         assert calls == Counter(evaluate=1, build_space=1, calibrate_lr=1)
         calls.clear()
-        joined = joiner._build_context(job, create=False)
+        joined = joiner.build_context(job, create=False)
         assert joined is not None
     finally:
         first.close()
