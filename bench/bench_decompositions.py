@@ -28,16 +28,13 @@ the subprocess around the decomposition call only (no interpreter start, import 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,158 +50,23 @@ from _common import (
     timed,
     versions,
 )
-from scipy.optimize import minimize_scalar
+from _decomp_evbmf_vgg import (
+    bench_evbmf,
+    bench_vgg,
+    print_evbmf,
+    print_vgg,
+)
+from _decomp_inputs import (
+    CP_GOAL_SECONDS,
+    EVBMF_GOAL_SECONDS,
+    Config,
+    full_config,
+    quick_config,
+    relative_error,
+    trained_like_kernel,
+)
 
 import tensorops
-
-CP_GOAL_SECONDS = 2.0
-EVBMF_GOAL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Config:
-    channels: int  # the CP / Tucker-2 kernel is (channels, channels, 3, 3)
-    cp_rank: int
-    tucker_ranks: tuple[int, int]
-    evbmf_shape: tuple[int, int]
-    evbmf_planted_rank: int
-    evbmf_signal_scale: float
-    vgg_widths: tuple[int, ...]  # output channels of the 13 conv layers
-    tl_timeout: float
-    repeats: int
-
-
-def full_config(tl_timeout: float | None, repeats: int | None) -> Config:
-    return Config(
-        channels=512,
-        cp_rank=128,
-        tucker_ranks=(128, 128),
-        evbmf_shape=(512, 4608),
-        evbmf_planted_rank=40,
-        evbmf_signal_scale=0.2,
-        vgg_widths=(64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
-        tl_timeout=600.0 if tl_timeout is None else tl_timeout,
-        repeats=3 if repeats is None else repeats,
-    )
-
-
-def quick_config(tl_timeout: float | None, repeats: int | None) -> Config:
-    return Config(
-        channels=128,
-        cp_rank=32,
-        tucker_ranks=(32, 32),
-        evbmf_shape=(128, 1152),
-        evbmf_planted_rank=10,
-        evbmf_signal_scale=0.3,
-        vgg_widths=(16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128),
-        tl_timeout=60.0 if tl_timeout is None else tl_timeout,
-        repeats=2 if repeats is None else repeats,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-
-
-def trained_like_kernel(n_out: int, n_in: int, *, size: int = 3, seed: int = 0) -> np.ndarray:
-    """A deterministic float64 kernel whose spectra look like a trained layer's.
-
-    A multilinear-rank (3/16·out, 3/16·in, size, size) part with decaying channel spectra carries
-    about 92% of the energy; i.i.d. Gaussian noise the rest (noise norm = 0.3 × signal norm).
-    The whole is scaled to He-init standard deviation.
-    """
-    rng = np.random.default_rng(seed)
-    r_out, r_in = max(1, 3 * n_out // 16), max(1, 3 * n_in // 16)
-    u_out, _ = np.linalg.qr(rng.standard_normal((n_out, r_out)))
-    u_in, _ = np.linalg.qr(rng.standard_normal((n_in, r_in)))
-    decay_out = 1.0 / (1.0 + np.arange(r_out) / 8.0)
-    decay_in = 1.0 / (1.0 + np.arange(r_in) / 8.0)
-    core = rng.standard_normal((r_out, r_in, size, size))
-    core *= decay_out[:, None, None, None] * decay_in[None, :, None, None]
-    signal = np.einsum("abhw,oa,ib->oihw", core, u_out, u_in, optimize=True)
-    noise = rng.standard_normal(signal.shape)
-    noise *= 0.3 * np.linalg.norm(signal) / np.linalg.norm(noise)
-    kernel = signal + noise
-    kernel *= math.sqrt(2.0 / (n_in * size * size)) / kernel.std()
-    return np.ascontiguousarray(kernel)
-
-
-def planted_rank_matrix(
-    shape: tuple[int, int], rank: int, scale: float, seed: int = 0
-) -> np.ndarray:
-    """``scale · randn(m, rank) @ randn(rank, n) + randn(m, n)`` in float64."""
-    rng = np.random.default_rng(seed)
-    m, n = shape
-    low = scale * rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
-    return low + rng.standard_normal((m, n))
-
-
-def relative_error(x: np.ndarray, approx: np.ndarray) -> float:
-    return float(np.linalg.norm(x - approx) / np.linalg.norm(x))
-
-
-# --------------------------------------------------------------------------------------------
-# numpy reference EVBMF (the widely copied public VBMF.py port of Nakajima et al.'s MATLAB code)
-
-
-def _evb_tau(x: np.ndarray, alpha: float) -> np.ndarray:
-    return 0.5 * (x - (1 + alpha) + np.sqrt((x - (1 + alpha)) ** 2 - 4 * alpha))
-
-
-def _evb_sigma2(
-    sigma2: float, n_l: int, n_m: int, s: np.ndarray, residual: float, xubar: float
-) -> float:
-    h = len(s)
-    alpha = n_l / n_m
-    x = s**2 / (n_m * sigma2)
-    z1 = x[x > xubar]
-    z2 = x[x <= xubar]
-    tau_z1 = _evb_tau(z1, alpha)
-    term1 = np.sum(z2 - np.log(z2))
-    term2 = np.sum(z1 - tau_z1)
-    term3 = np.sum(np.log(np.divide(tau_z1 + 1, z1)))
-    term4 = alpha * np.sum(np.log(tau_z1 / alpha + 1))
-    obj = term1 + term2 + term3 + term4 + residual / (n_m * sigma2) + (n_l - h) * np.log(sigma2)
-    return float(obj)
-
-
-def evbmf_reference(y: np.ndarray) -> tuple[int, float]:
-    """EVBMF rank and noise variance, the public numpy way: full SVD + ``minimize_scalar``.
-
-    Returns ``(rank, sigma2)``. The SVD is the thin one (``full_matrices=False``); the public code
-    calls ``np.linalg.svd(Y)`` with its default ``full_matrices=True``, which is slower still.
-    """
-    if y.shape[0] > y.shape[1]:
-        y = y.T
-    n_l, n_m = y.shape
-    h = n_l
-    alpha = n_l / n_m
-    tauubar = 2.5129 * np.sqrt(alpha)
-    u, s, vt = np.linalg.svd(y, full_matrices=False)
-    u, s, v = u[:, :h], s[:h], vt[:h].T
-    residual = 0.0
-    if h < n_l:
-        residual = float(np.sum(y**2) - np.sum(s**2))
-    xubar = (1 + tauubar) * (1 + alpha / tauubar)
-    eh_ub = int(min(np.ceil(n_l / (1 + alpha)) - 1, h)) - 1
-    upper_bound = (np.sum(s**2) + residual) / (n_l * n_m)
-    lower_bound = max(s[eh_ub + 1] ** 2 / (n_m * xubar), np.mean(s[eh_ub + 1 :] ** 2) / n_m)
-    opt = minimize_scalar(
-        _evb_sigma2,
-        args=(n_l, n_m, s, residual, xubar),
-        bounds=[lower_bound, upper_bound],
-        method="Bounded",
-    )
-    sigma2 = float(opt.x)
-    threshold = np.sqrt(n_m * sigma2 * (1 + tauubar) * (1 + alpha / tauubar))
-    pos = int(np.sum(s > threshold))
-    # Posterior singular values (formula 15 of Nakajima et al.), computed as the public code does.
-    sp = s[:pos]
-    ratio = (n_l + n_m) * sigma2 / sp**2
-    _ = (sp / 2) * (1 - ratio + np.sqrt((1 - ratio) ** 2 - 4 * n_l * n_m * sigma2**2 / sp**4))
-    _ = (u[:, :pos], v[:, :pos])
-    return pos, sigma2
-
 
 # --------------------------------------------------------------------------------------------
 # tensorly, in a subprocess
@@ -461,164 +323,6 @@ def print_tucker(cfg: Config, tk: dict[str, Any]) -> None:
         ],
     ]
     print(markdown_table(["method", "time", "rel. error", "HOOI iters", "timing"], rows))
-
-
-def bench_evbmf(cfg: Config) -> dict[str, Any]:
-    matrix = planted_rank_matrix(cfg.evbmf_shape, cfg.evbmf_planted_rank, cfg.evbmf_signal_scale)
-    tensor = torch.from_numpy(matrix)
-    repeats = max(cfg.repeats, 5)
-    seconds, times, res = median_time(lambda: tensorops.evbmf(tensor), repeats)
-    seconds_ref, times_ref, (rank_ref, sigma2_ref) = median_time(
-        lambda: evbmf_reference(matrix), cfg.repeats
-    )
-    return {
-        "shape": list(cfg.evbmf_shape),
-        "planted_rank": cfg.evbmf_planted_rank,
-        "signal_scale": cfg.evbmf_signal_scale,
-        "tensorops_evbmf": {
-            "seconds": seconds,
-            "times": times,
-            "rank": res.rank,
-            "noise_variance": res.noise_variance,
-        },
-        "numpy_reference": {
-            "seconds": seconds_ref,
-            "times": times_ref,
-            "rank": rank_ref,
-            "noise_variance": sigma2_ref,
-        },
-    }
-
-
-def print_evbmf(cfg: Config, ev: dict[str, Any]) -> None:
-    shape = "x".join(map(str, ev["shape"]))
-    print(
-        f"\n## 3. EVBMF of a {shape} matrix "
-        f"({ev['signal_scale']} · randn(·, {ev['planted_rank']}) @ randn + randn, "
-        f"planted rank {ev['planted_rank']})\n"
-    )
-    t, r = ev["tensorops_evbmf"], ev["numpy_reference"]
-    rows = [
-        [
-            "tensorops.evbmf",
-            fmt_seconds(t["seconds"]),
-            t["rank"],
-            f"{t['noise_variance']:.5f}",
-            f"median of {len(t['times'])}",
-        ],
-        [
-            "numpy reference (thin np.linalg.svd + minimize_scalar)",
-            fmt_seconds(r["seconds"]),
-            r["rank"],
-            f"{r['noise_variance']:.5f}",
-            f"median of {len(r['times'])}",
-        ],
-    ]
-    print(markdown_table(["method", "time", "rank", "noise variance", "timing"], rows))
-
-
-def vgg16_shapes(widths: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
-    shapes = []
-    n_in = 3
-    for n_out in widths:
-        shapes.append((n_out, n_in, 3, 3))
-        n_in = n_out
-    return shapes
-
-
-def bench_vgg(cfg: Config) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(0)
-    shapes = vgg16_shapes(cfg.vgg_widths)
-    kernels = [
-        torch.randn(shape, generator=generator) * math.sqrt(2.0 / (shape[1] * 9))
-        for shape in shapes
-    ]
-
-    def tucker_half(k: torch.Tensor) -> dict[str, Any]:
-        res = tensorops.tucker2(k, (max(1, k.shape[0] // 2), max(1, k.shape[1] // 2)))
-        return {"ranks": list(res.ranks), "error": res.relative_error}
-
-    def cp_half(k: torch.Tensor) -> dict[str, Any]:
-        res = tensorops.cp_als(k, max(1, min(k.shape[0], k.shape[1]) // 2))
-        return {"rank": res.rank, "error": res.relative_error, "n_iter": res.n_iter}
-
-    def evbmf_ranks(k: torch.Tensor) -> dict[str, Any]:
-        return {"ranks": list(tensorops.tucker2_ranks(k))}
-
-    methods: dict[str, Callable[[torch.Tensor], dict[str, Any]]] = {
-        "Tucker-2, half ranks": tucker_half,
-        "CP, rank min(out, in) / 2": cp_half,
-        "EVBMF ranks (tucker2_ranks)": evbmf_ranks,
-    }
-    out: dict[str, Any] = {"shapes": [list(s) for s in shapes], "methods": {}}
-    for name, fn in methods.items():
-        layers = []
-        for kernel in kernels:
-            seconds, info = timed(functools.partial(fn, kernel))
-            layers.append({"shape": list(kernel.shape), "seconds": seconds, **info})
-        out["methods"][name] = {
-            "total_seconds": sum(layer["seconds"] for layer in layers),
-            "layers": layers,
-        }
-    return out
-
-
-def print_vgg(cfg: Config, vgg: dict[str, Any]) -> None:
-    print(
-        f"\n## 4. Every conv layer of a CIFAR VGG-16 ({len(vgg['shapes'])} random 3x3 kernels, "
-        "float32, 1 run each)\n"
-    )
-    kinds: list[str] = []
-    counts: dict[str, int] = {}
-    for shape in vgg["shapes"]:
-        kind = f"{shape[0]}x{shape[1]}"
-        if kind not in counts:
-            kinds.append(kind)
-            counts[kind] = 0
-        counts[kind] += 1
-    headers = [
-        "method",
-        "total",
-        *[f"{k}" + (f" (x{counts[k]})" if counts[k] > 1 else "") for k in kinds],
-    ]
-    rows = []
-    for name, method in vgg["methods"].items():
-        per_kind = dict.fromkeys(kinds, 0.0)
-        for layer in method["layers"]:
-            per_kind[f"{layer['shape'][0]}x{layer['shape'][1]}"] += layer["seconds"]
-        rows.append(
-            [name, fmt_seconds(method["total_seconds"]), *[fmt_seconds(per_kind[k]) for k in kinds]]
-        )
-    print("Seconds per layer kind (out x in channels), summed over the layers of that kind:\n")
-    print(markdown_table(headers, rows))
-    details = []
-    for layer_t, layer_c, layer_e in zip(*(m["layers"] for m in vgg["methods"].values())):
-        details.append(
-            [
-                "x".join(map(str, layer_t["shape"])),
-                f"{tuple(layer_t['ranks'])}",
-                fmt_error(layer_t["error"]),
-                layer_c["rank"],
-                fmt_error(layer_c["error"]),
-                layer_c["n_iter"],
-                f"{tuple(layer_e['ranks'])}",
-            ]
-        )
-    print("\nPer layer:\n")
-    print(
-        markdown_table(
-            [
-                "kernel",
-                "Tucker-2 ranks",
-                "Tucker-2 error",
-                "CP rank",
-                "CP error",
-                "CP sweeps",
-                "EVBMF ranks",
-            ],
-            details,
-        )
-    )
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, str]]:
