@@ -41,11 +41,12 @@ class PoolContext(SearchContext):
         seed: int,
         callback: EpochCallback | None = None,
         lr_scale: float | None = None,
+        final: bool = False,
     ) -> FinetuneResult:
         hook = self.interrupt
         if hook is None:
             return super().finetune(
-                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale
+                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale, final=final
             )
 
         def checked(report: EpochReport) -> bool | None:
@@ -53,7 +54,7 @@ class PoolContext(SearchContext):
             return callback(report) if callback is not None else None
 
         return super().finetune(
-            model, epochs=epochs, seed=seed, callback=checked, lr_scale=lr_scale
+            model, epochs=epochs, seed=seed, callback=checked, lr_scale=lr_scale, final=final
         )
 
 

@@ -140,12 +140,15 @@ def _choose(
         model = ctx.compress(plan)
         epochs, seed = _verify_budget(config, trial)
         if len(plan.decomposed()) > 0:
-            fit = ctx.finetune(model, epochs=epochs, seed=seed)
+            fit = ctx.finetune(model, epochs=epochs, seed=seed, final=True)
             # finetune's last evaluation is of the weights it leaves: no second pass needed.
             status = fit.status
             result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         else:
-            status, result = "completed", evaluate(model, ctx.data, device=ctx.device)
+            status, result = (
+                "completed",
+                evaluate(model, ctx.data, device=ctx.device, loader=ctx.loader),
+            )
         drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = status != "diverged" and drop <= config.max_accuracy_drop
         latency = ctx.latency(model) if met and config.max_latency_ratio is not None else None
@@ -183,7 +186,13 @@ def _choose(
             _latency_words(config),
         )
     model = ctx.compress(Plan())
-    return None, model, evaluate(model, ctx.data, device=ctx.device), None, checks
+    return (
+        None,
+        model,
+        evaluate(model, ctx.data, device=ctx.device, loader=ctx.loader),
+        None,
+        checks,
+    )
 
 
 def _latency_words(config: SearchConfig) -> str:
@@ -301,6 +310,7 @@ def finalize(
     latency_met = None if limit is None else latency_ratio <= limit
     cost = measure_cost(model, ctx.example)
     drop = drop_points(ctx.baseline_accuracy, result.accuracy)
+    test = held_out(ctx, model)
     records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     layer_plan: list[dict[str, Any]] = []
     for info in ctx.layers:
@@ -335,6 +345,8 @@ def finalize(
     report: dict[str, Any] = {
         "baseline": {
             "accuracy": ctx.baseline_accuracy,
+            "val_accuracy": ctx.baseline_accuracy,
+            "test_accuracy": test["baseline_accuracy"] if test is not None else None,
             "params": ctx.baseline_cost.params,
             "macs": ctx.baseline_cost.macs,
             "latency_s": latency_before,
@@ -342,6 +354,11 @@ def finalize(
         "final": {
             "accuracy": result.accuracy,
             "accuracy_drop": drop,
+            "val_accuracy": result.accuracy,
+            "val_accuracy_drop": drop,
+            "test_accuracy": test["final_accuracy"] if test is not None else None,
+            "test_accuracy_drop": test["accuracy_drop"] if test is not None else None,
+            "test_constraint_met": test["constraint_met"] if test is not None else None,
             "params": cost.params,
             "macs": cost.macs,
             "latency_s": latency_after,
@@ -374,7 +391,15 @@ def finalize(
             if ctx.lr_calibration is not None
             else {"scale": ctx.lr_scale, "accuracies": [], "seconds": 0.0}
         ),
-        "data": {"name": ctx.data.name, "train": len(ctx.data.y_train), "val": len(ctx.data.y_val)},
+        "test": test,
+        "test_note": ctx.data.test_note,
+        "data": {
+            "name": ctx.data.name,
+            "train": len(ctx.data.y_train),
+            "val": len(ctx.data.y_val),
+            "test": len(ctx.data.y_test) if ctx.data.y_test is not None else None,
+            "split_seed": ctx.data.split_seed,
+        },
         "arch": arch,
         "pareto_front": pareto_front(records),
         "trials": records,
@@ -400,6 +425,30 @@ def finalize(
         max_drop=config.max_accuracy_drop,
     )
     return SearchResult(out_dir=out_dir, checkpoint=checkpoint, report=report)
+
+
+def held_out(ctx: SearchContext, model: nn.Module) -> dict[str, Any] | None:
+    """The original's and ``model``'s accuracy on the test split, and the drop: the only
+    reading of the test split in a search, after the choice is made (None without one).
+
+    The tolerance is judged on validation; ``constraint_met`` says whether the test drop is
+    within it too.
+    """
+    if ctx.data.test is None:
+        logger.info("no test split: %s", ctx.data.test_note)
+        return None
+    before = evaluate(ctx.model, ctx.data, split="test", device=ctx.device, loader=ctx.loader)
+    ctx.model.to("cpu")
+    after = evaluate(model, ctx.data, split="test", device=ctx.device, loader=ctx.loader)
+    model.to("cpu")
+    drop = drop_points(before.accuracy, after.accuracy)
+    return {
+        "baseline_accuracy": before.accuracy,
+        "final_accuracy": after.accuracy,
+        "accuracy_drop": drop,
+        "constraint_met": drop <= ctx.config.max_accuracy_drop,
+        "n": after.n,
+    }
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

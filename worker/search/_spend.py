@@ -101,7 +101,7 @@ def spend_margin(
         tried.append(candidate)
         compression = ctx.compression(candidate)
         model = ctx.compress(candidate)
-        fit = ctx.finetune(model, epochs=epochs, seed=seed)
+        fit = ctx.finetune(model, epochs=epochs, seed=seed, final=True)
         result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         step_drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = fit.status != "diverged" and step_drop <= tolerance
