@@ -71,6 +71,7 @@ WARMUP_S = 2.0
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT_S = 5.0
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+SPLIT_SEED = 0  # the data split of the trained weights and of every job
 
 
 def loadavg() -> list[float]:
@@ -213,15 +214,18 @@ def train_weights(arch: str, dataset: str, folder: Path) -> Path:
     from safetensors.torch import save_file
 
     from worker.data import load_dataset
+    from worker.split_record import DataRecord
     from worker.training import train
     from worker.zoo import get_model
 
     torch.manual_seed(0)
-    data = load_dataset(dataset)
+    data = load_dataset(dataset, split_seed=SPLIT_SEED)
     model = get_model(arch, num_classes=data.num_classes)
     result = train(model, data, epochs=4, optimizer="adamw", lr=0.01)
     path = folder / "weights.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+    record = DataRecord(dataset=dataset, split_seed=SPLIT_SEED, name=data.name)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=record.to_metadata())
     print(
         f"trained {arch} on {dataset}: validation accuracy {result.final_val_accuracy:.4f}",
         flush=True,
@@ -233,6 +237,7 @@ def job_spec(arch: str, dataset: str, trials: int, epochs: int) -> dict[str, Any
     return {
         "arch": arch,
         "dataset": dataset,
+        "split_seed": SPLIT_SEED,  # the split the weights were trained on
         "trials": trials,
         "epochs_per_trial": epochs,
         "final_epochs": 1,

@@ -30,6 +30,7 @@ from tests.worker.pool_support import (
     wait_for,
 )
 from worker.pool import Counts, Reaper, Worker
+from worker.pool import _trial as trial_module
 from worker.pool import _worker as worker_module
 from worker.pool._budget import INTERRUPTED_ATTR
 from worker.pool._storage import optuna_storage
@@ -190,7 +191,7 @@ def test_a_trial_cut_short_by_the_database_is_not_counted(
 
         return objective
 
-    monkeypatch.setattr(worker_module, "make_objective", objective_losing_the_database)
+    monkeypatch.setattr(trial_module, "make_objective", objective_losing_the_database)
     job = submit(store, settings, owner, train_weights(tmp_path_factory), trials=3)
     worker = Worker(settings, store, worker_id="w-trial", device="cpu", poll_interval=0.05)
     try:

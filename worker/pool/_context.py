@@ -41,20 +41,27 @@ class PoolContext(SearchContext):
         seed: int,
         callback: EpochCallback | None = None,
         lr_scale: float | None = None,
+        max_steps: int | None = None,
+        after_step: Callable[[float], None] | None = None,
         final: bool = False,
     ) -> FinetuneResult:
         hook = self.interrupt
-        if hook is None:
-            return super().finetune(
-                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale, final=final
-            )
+        checked = callback
+        if hook is not None:
 
-        def checked(report: EpochReport) -> bool | None:
-            hook()
-            return callback(report) if callback is not None else None
+            def checked(report: EpochReport) -> bool | None:
+                hook()
+                return callback(report) if callback is not None else None
 
         return super().finetune(
-            model, epochs=epochs, seed=seed, callback=checked, lr_scale=lr_scale, final=final
+            model,
+            epochs=epochs,
+            seed=seed,
+            callback=checked,
+            lr_scale=lr_scale,
+            max_steps=max_steps,
+            after_step=after_step,
+            final=final,
         )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,18 +19,22 @@ from worker.search._config import DEFAULT_TRIAL_SAMPLES, SearchConfig
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._layer_latency import layer_speedups
 from worker.search._sensitivity import layer_sensitivity
-from worker.search._space import LayerSpace, build_space
+from worker.search._space import LayerSpace, build_space, evbmf_params, plan_from_params
 from worker.training import (
+    AccelConfig,
     EpochCallback,
     FinetuneResult,
+    LcSchedule,
     LoaderOptions,
     eval_indices,
     evaluate,
     finetune,
+    lc_finetune,
     predict_logits,
     resolve_device,
     use_teacher_table,
 )
+from worker.training._loop import steps_per_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,15 @@ class SearchContext:
         if self.search_baseline_accuracy is None:
             return self.baseline_accuracy
         return self.search_baseline_accuracy
+
+    @property
+    def accel(self) -> AccelConfig | None:
+        """The GPU switches of every fine-tune: ``config.accel`` True or False forces them
+        all, None leaves each to the device (on for CUDA)."""
+        on = self.config.accel
+        if on is None:
+            return None
+        return AccelConfig(on, on, on, on)
 
     @property
     def loader(self) -> LoaderOptions:
@@ -111,7 +126,16 @@ class SearchContext:
     def calibrate_lr(self) -> LrCalibration:
         """Measure the learning-rate multiplier for this model (see
         :mod:`worker.search._calibrate`) and use it from now on."""
-        self.lr_calibration = calibrate_lr(self)
+        config = self.config
+        self.lr_calibration = calibrate_lr(
+            config.lr_scales,
+            lambda: plan_from_params(
+                self.model, self.spaces, evbmf_params(self.spaces, self.layers, config), config
+            ),
+            fit=lambda plan, **kw: self.fit(plan, mode=config.trial_finetune_mode, **kw)[1],
+            epochs=config.epochs_per_trial,
+            seed=config.seed,
+        )
         self.model.to("cpu")
         return self.lr_calibration
 
@@ -196,6 +220,88 @@ class SearchContext:
         """The original with ``plan`` applied (decompositions cached across trials)."""
         return compress(self.model, plan, seed=self.config.seed, cache=self.cache)
 
+    def fit(
+        self,
+        plan: Plan,
+        *,
+        mode: Literal["decompose", "lc"],
+        epochs: int,
+        seed: int,
+        callback: EpochCallback | None = None,
+        lr_scale: float | None = None,
+        final: bool = False,
+    ) -> tuple[nn.Module, FinetuneResult]:
+        """``plan`` applied to the original and fine-tuned for ``epochs`` in ``mode``:
+        ``decompose`` (:meth:`compress`, then :meth:`finetune`) or ``lc``
+        (:func:`worker.training.lc_finetune`, the same epochs x samples in all). ``final``: a
+        final fine-tune's budgets (see :meth:`finetune`)."""
+        if mode == "decompose":
+            model = self.compress(plan)
+            return model, self.finetune(
+                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale, final=final
+            )
+        config = self.config
+
+        def train(
+            model: nn.Module,
+            *,
+            epochs: int,
+            seed: int,
+            max_steps: int | None = None,
+            callback: EpochCallback | None = None,
+            after_step: Callable[[float], None] | None = None,
+        ) -> FinetuneResult:
+            return self.finetune(
+                model,
+                epochs=epochs,
+                seed=seed,
+                callback=callback,
+                lr_scale=lr_scale,
+                max_steps=max_steps,
+                after_step=after_step,
+                final=final,
+            )
+
+        n_train = int(self.data.y_train.shape[0])
+        schedule = LcSchedule(
+            mu0=config.lc_mu0,
+            mu_factor=config.lc_mu_factor,
+            steps=config.lc_steps,
+            factor_epochs=config.lc_factor_epochs,
+        )
+        result = lc_finetune(
+            self.model,
+            plan,
+            train,
+            schedule=schedule,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch(
+                min(self.samples_per_epoch(final=final) or n_train, n_train), config.batch_size
+            ),
+            seed=seed,
+            callback=callback,
+        )
+        self.model.to("cpu")
+        fit = result.fit
+        if fit is None:  # no factor epochs: evaluate the factorised model as it is
+            scored = evaluate(
+                result.model,
+                self.search_splits(final=final),
+                device=self.device,
+                loader=self.loader,
+            )
+            fit = FinetuneResult(
+                status="completed",
+                epochs_run=0,
+                history=(),
+                final_val_accuracy=scored.accuracy,
+                final_val_loss=scored.loss,
+                message="LC without a factor fine-tune",
+                steps_run=0,
+                seconds=0.0,
+            )
+        return result.model, fit
+
     def finetune(
         self,
         model: nn.Module,
@@ -204,6 +310,8 @@ class SearchContext:
         seed: int,
         callback: EpochCallback | None = None,
         lr_scale: float | None = None,
+        max_steps: int | None = None,
+        after_step: Callable[[float], None] | None = None,
         final: bool = False,
     ) -> FinetuneResult:
         """Fine-tune ``model`` in place with the search's schedule, optimiser and batch size,
@@ -230,9 +338,12 @@ class SearchContext:
             teacher=self.teacher,
             distill_weight=config.distill_weight if distilling else 0.0,
             temperature=config.temperature,
+            max_steps=max_steps,
+            after_step=after_step,
             samples_per_epoch=self.samples_per_epoch(final=final),
             augment=config.augment,
             loader=self.loader,
+            accel=self.accel,
         )
 
     def latency(self, model: nn.Module) -> float:
