@@ -7,7 +7,13 @@ the user's data are :class:`DatasetError` (a ``ValueError``) or one of its subcl
 from __future__ import annotations
 
 from worker.data._arrays import ARRAY_KEYS, load_arrays
-from worker.data._builtin import list_builtin_datasets, load_digits, load_mnist5k
+from worker.data._builtin import (
+    list_builtin_datasets,
+    load_breast_cancer,
+    load_breast_cancer_seq,
+    load_digits,
+    load_mnist5k,
+)
 from worker.data._bundle import DataBundle
 from worker.data._cifar import load_cifar10
 from worker.data._errors import DataLimitError, DataPathError, DatasetError, UnsafePickleError
@@ -31,6 +37,8 @@ __all__ = [
     "UnsafePickleError",
     "list_builtin_datasets",
     "load_arrays",
+    "load_breast_cancer",
+    "load_breast_cancer_seq",
     "load_cifar10",
     "load_dataset",
     "load_digits",

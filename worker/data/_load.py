@@ -16,7 +16,7 @@ from worker.data._limits import DEFAULT_LIMITS, DataLimits
 __all__ = ["SOURCE_FORMS", "load_dataset"]
 
 SOURCE_FORMS = (
-    '"digits" or "mnist5k" (built in)',
+    '"digits", "mnist5k", "breast-cancer" or "breast-cancer-seq" (built in)',
     'a path to an uploaded ".npz" or ".safetensors" file',
     '"folder:<path>" (an ImageFolder tree under an allowed data root)',
     '"cifar10:<path>" (a CIFAR-10 python-batches directory under an allowed data root)',
@@ -37,7 +37,8 @@ def load_dataset(
 
     ``source`` is one of:
 
-    * ``"digits"`` or ``"mnist5k"``: built-in, split by ``seed`` and ``val_fraction``;
+    * ``"digits"``, ``"mnist5k"``, ``"breast-cancer"`` or ``"breast-cancer-seq"``: built-in,
+      split by ``seed`` and ``val_fraction``;
     * a path ending in ``.npz`` or ``.safetensors``: an uploaded file with ``x_train, y_train,
       x_val, y_val``, opened as given (the caller confines it to its upload folder);
     * ``"folder:<path>"``: an ImageFolder tree, resized to ``image_size``, split by ``seed`` and
