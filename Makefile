@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check tensorops worker service tests bench
 	$(BIN)/ruff format --check tensorops worker service tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # tests/test_deploy.py validates docker-compose.yml with `docker-compose config` (no Docker engine
 # needed): install the Debian package when it is missing. Never fails: without root or apt the

@@ -48,10 +48,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +60,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 from _common import cpu_pressure, machine_info, markdown_table, versions
+
+from service.procs import Proc, free_port, rankopt_env, stop_all, tails, wait_for_log, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 P99_GOAL_MS = 20.0
@@ -87,27 +85,13 @@ def fmt_load(values: Sequence[float]) -> str:
 
 
 # ---------------------------------------------------------------------- processes
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def worker_id(self) -> str:
-        return f"{socket.gethostname()}-{self.popen.pid}-0"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return f"--- {self.name} ---\n" + "\n".join(text[-lines:])
+def cpu_seconds(proc: Proc) -> float:
+    """User + system CPU seconds of the process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -120,16 +104,13 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
+        variables = {
             "RANKOPT_DATABASE_URL": self.database_url,
             "RANKOPT_ARTIFACT_ROOT": str(self.folder / "artifacts"),
             "RANKOPT_DEVICE": "cpu",
-            "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        return env
+        return rankopt_env(variables, ROOT)
 
     def settings(self) -> Any:
         from service.settings import Settings
@@ -145,16 +126,14 @@ class Cluster:
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
 
-        with log.open("wb") as handle:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", *args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                preexec_fn=setup if nice or cpu is not None else None,
-            )
-        proc = Proc(name, popen, log)
+        proc = Proc(
+            name,
+            args,
+            env=self.env,
+            log=log,
+            cwd=ROOT,
+            preexec_fn=setup if nice or cpu is not None else None,
+        )
         self.procs.append(proc)
         return proc
 
@@ -168,18 +147,10 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(10)
+        stop_all(self.procs)
 
     def tails(self) -> str:
-        return "\n".join(proc.tail() for proc in self.procs)
+        return tails(self.procs, 30)
 
 
 @contextlib.contextmanager
@@ -219,20 +190,6 @@ def cluster(base_url: str | None, label: str) -> Iterator[Cluster]:
             ) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_log(proc: Proc, marker: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while marker not in proc.log.read_text(errors="replace"):
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.name} did not log {marker!r}\n{proc.tail()}")
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -452,13 +409,7 @@ def bench_polling(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
         store, job_id, key, owner_id = queue_job(run, weights, spec)
         try:
             deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline or api.popen.poll() is not None:
-                    raise RuntimeError("the API did not start\n" + run.tails())
-                time.sleep(0.2)
+            wait_ready(url, [api], 120, pause=0.2)
             # Both workers training: the job is SEARCHING and each runs a trial.
             while True:
                 job = store.load_job(job_id)
@@ -472,7 +423,7 @@ def bench_polling(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
                     raise RuntimeError("the workers did not start searching\n" + run.tails())
                 time.sleep(0.2)
             done_before = store.load_job(job_id).trials_done
-            cpu_before = {p.name: p.cpu_seconds() for p in run.procs}
+            cpu_before = {p.name: cpu_seconds(p) for p in run.procs}
             client_cpu = time.process_time()
             result = asyncio.run(
                 drive(
@@ -486,7 +437,7 @@ def bench_polling(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
                 )
             )
             client_cpu = time.process_time() - client_cpu
-            cpu = {p.name: p.cpu_seconds() - cpu_before[p.name] for p in run.procs}
+            cpu = {p.name: cpu_seconds(p) - cpu_before[p.name] for p in run.procs}
             after = store.load_job(job_id)
             alive = all(p.popen.poll() is None for p in [api, *workers])
             store.request_cancel(job_id, owner_id)

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service.cli.usage import UsageError as ServiceUsageError
 from worker.cli_options import add_option_arguments, options_from_args
 from worker.errors import UsageError, WorkerError
 
@@ -29,7 +30,9 @@ EXIT_INTERRUPTED = 130
 
 # Modules that add subcommands: each has ``register(subparsers)`` and sets a ``handler``
 # default (a function of the parsed args returning the exit status) on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "worker.cli_service")
+# The service's commands (``serve``, ``keys``, ``db``, the client) live in ``service.cli``, imported
+# here by name only: it is torch-free and imports ``service.api`` only when ``serve`` runs.
+COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "service.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -261,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args)
         return cmd_compress(args)
-    except WorkerError as exc:  # the CLI's one translation of the worker's errors
+    except (WorkerError, ServiceUsageError) as exc:  # the CLI's one translation of errors
         code = "" if exc.code == UsageError.code else f" [{exc.code}]"
         print(f"rankopt {args.command}: error: {exc}{code}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from service.procs import Proc, free_port, rankopt_env, stop_all, wait_ready
 
 OUT = Path("runs/demo")
 ARCH = "rankopt:lenet5"
@@ -38,74 +36,35 @@ SPEC: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _env(root: Path, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
+    return rankopt_env(
         {
             "RANKOPT_DATABASE_URL": f"sqlite:///{(root / 'rankopt.db').resolve()}",
             "RANKOPT_ARTIFACT_ROOT": str((root / "artifacts").resolve()),
             "RANKOPT_DEVICE": "cpu",
             "RANKOPT_URL": f"http://127.0.0.1:{port}",
-            "OMP_NUM_THREADS": "1",
         }
     )
-    return env
 
 
 @contextmanager
-def _processes(
-    root: Path, env: dict[str, str], port: int
-) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _processes(root: Path, env: dict[str, str], port: int) -> Iterator[list[Proc]]:
     """The API and two workers, logging to ``root/logs``; all stopped on exit."""
     logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    rankopt = [sys.executable, "-m", "worker.cli"]
     commands = {
-        "api": [*rankopt, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        "worker-1": [*rankopt, "worker", "--device", "cpu"],
-        "worker-2": [*rankopt, "worker", "--device", "cpu"],
+        "api": ["serve", "--host", "127.0.0.1", "--port", str(port)],
+        "worker-1": ["worker", "--device", "cpu"],
+        "worker-2": ["worker", "--device", "cpu"],
     }
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Proc] = []
     try:
-        for name, command in commands.items():
-            log = (logs / f"{name}.log").open("ab")
-            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-            print(f"   started {name} (pid {procs[-1].pid}), log in {logs / (name + '.log')}")
+        for name, args in commands.items():
+            procs.append(Proc(name, args, env=env, log=logs / f"{name}.log", append=True))
+            print(f"   started {name} (pid {procs[-1].pid}), log in {procs[-1].log}")
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
         print("== stopped the API and both workers")
-
-
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError("a service process exited at start-up; see runs/demo/logs")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the API at {url} did not become ready in {timeout:.0f}s")
 
 
 def _watch(client: Any, job_id: str) -> dict[str, Any]:
@@ -177,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if code:
             return code
-    port = _free_port()
+    port = free_port()
     env = _env(OUT, port)
     url = env["RANKOPT_URL"]
     settings = Settings(
@@ -188,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     store.dispose()
     print(f"== starting the API on {url} and two workers (SQLite: {OUT / 'rankopt.db'})")
     with _processes(OUT, env, port) as procs:
-        _wait_ready(url, procs)
+        wait_ready(url, procs, pause=0.3)
         with RankoptClient(url, key) as client:
             job = client.submit(SPEC, weights)
             print(f"== submitted job {job['id']}: {json.dumps(SPEC)}")

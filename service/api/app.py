@@ -10,12 +10,13 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service.api import routes_artifacts, routes_health, routes_jobs
+from service.api import routes_artifacts, routes_dashboard, routes_health, routes_jobs
 from service.api.deps import ApiState
 from service.api.errors import install_error_handlers
 from service.api.metrics import MetricsMiddleware
 from service.settings import Settings
 from service.store import Store, is_database_unavailable
+from service.web import page_router
 
 __all__ = ["create_app"]
 
@@ -89,8 +90,6 @@ def create_app(
     app.include_router(routes_jobs.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_health.router)
-    from service.web import dashboard_router, web_router  # here: service.web imports deps
-
-    app.include_router(dashboard_router)
-    app.include_router(web_router)  # the web page at / (static files, no build step)
+    app.include_router(routes_dashboard.router)
+    app.include_router(page_router(state.settings))  # the page at / (static files, no build)
     return app

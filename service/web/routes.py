@@ -16,15 +16,28 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from service.api.deps import State
 from service.names import ARCH_PATTERN, SERVER_DATA_PATTERN
+from service.settings import Settings
 from service.spec import BUILTIN_DATASETS, DATASET_UPLOAD, JobSpec
 
-__all__ = ["PAGE_CSP", "STATIC_DIR", "STATIC_FILES", "router"]
+__all__ = ["PAGE_CSP", "STATIC_DIR", "STATIC_FILES", "page_router"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: What the page loads besides ``index.html``, each served at ``/static/<name>``.
-STATIC_FILES: tuple[str, ...] = ("app.js", "style.css")
+#: What the page loads besides ``index.html``, each served at ``/static/<name>``: the style
+#: sheet and the script's ES modules (``app.js`` imports the others; no build step).
+STATIC_FILES: tuple[str, ...] = (
+    "app.js",
+    "api.js",
+    "dom.js",
+    "job.js",
+    "jobs.js",
+    "plot.js",
+    "router.js",
+    "session.js",
+    "sse.js",
+    "submit.js",
+    "style.css",
+)
 
 PAGE_CSP = "; ".join(
     [
@@ -51,18 +64,6 @@ _MEDIA_TYPES = {
     ".svg": "image/svg+xml",
 }
 
-router = APIRouter(include_in_schema=False)
-
-
-@router.get("/")
-def page() -> FileResponse:
-    """The single-page app."""
-    return FileResponse(
-        STATIC_DIR / "index.html",
-        media_type=_MEDIA_TYPES[".html"],
-        headers={**_COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"},
-    )
-
 
 def _static_route(path: Path) -> Callable[[], FileResponse]:
     def serve() -> FileResponse:
@@ -72,21 +73,36 @@ def _static_route(path: Path) -> Callable[[], FileResponse]:
     return serve
 
 
-# One fixed route per file: no part of a request's path is ever used to open a file.
-for _name in STATIC_FILES:
-    router.add_api_route(f"/static/{_name}", _static_route(STATIC_DIR / _name), methods=["GET"])
+def page() -> FileResponse:
+    """The single-page app."""
+    return FileResponse(
+        STATIC_DIR / "index.html",
+        media_type=_MEDIA_TYPES[".html"],
+        headers={**_COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"},
+    )
 
 
-@router.get("/ui/config")
-def ui_config(state: State) -> dict[str, Any]:
-    """What the submission form checks before sending: the spec's JSON schema and limits."""
-    return {
-        "spec_schema": JobSpec.model_json_schema(),
-        "arch_pattern": ARCH_PATTERN,
-        "server_dataset_pattern": SERVER_DATA_PATTERN,
-        "builtin_datasets": list(BUILTIN_DATASETS),
-        "dataset_upload": DATASET_UPLOAD,
-        "weights_suffixes": [".safetensors", ".pt", ".pth", ".bin"],
-        "dataset_suffixes": [".npz", ".safetensors"],
-        "max_upload_bytes": state.settings.max_upload_bytes,
-    }
+def page_router(settings: Settings) -> APIRouter:
+    """The page's routes for an app configured by ``settings`` (the API includes them; this
+    package imports nothing of ``service.api``)."""
+    router = APIRouter(include_in_schema=False)
+    router.add_api_route("/", page, methods=["GET"])
+    # One fixed route per file: no part of a request's path is ever used to open a file.
+    for name in STATIC_FILES:
+        router.add_api_route(f"/static/{name}", _static_route(STATIC_DIR / name), methods=["GET"])
+
+    @router.get("/ui/config")
+    def ui_config() -> dict[str, Any]:
+        """What the submission form checks before sending: the spec's JSON schema and limits."""
+        return {
+            "spec_schema": JobSpec.model_json_schema(),
+            "arch_pattern": ARCH_PATTERN,
+            "server_dataset_pattern": SERVER_DATA_PATTERN,
+            "builtin_datasets": list(BUILTIN_DATASETS),
+            "dataset_upload": DATASET_UPLOAD,
+            "weights_suffixes": [".safetensors", ".pt", ".pth", ".bin"],
+            "dataset_suffixes": [".npz", ".safetensors"],
+            "max_upload_bytes": settings.max_upload_bytes,
+        }
+
+    return router

@@ -1,25 +1,26 @@
-"""Helpers of the fault tests: ``rankopt serve``/``rankopt worker`` subprocesses with their logs,
+"""Helpers of the fault tests: ``rankopt serve``/``rankopt worker`` subprocesses with their logs
+(on the shared harness :mod:`service.procs`),
 a polling client that rides out outages, scratch PostgreSQL databases and server restarts."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy.engine import make_url
 
+from service import procs
 from service.client import ClientError, RankoptClient
+from service.procs import Proc, rankopt_env
+from service.procs import free_port as free_port  # re-exported for the tests
+from service.procs import stop_all as stop_all
+from service.procs import tails as tails
 from service.settings import Settings
 from tests.worker.pool_support import settings_env
 
@@ -28,67 +29,22 @@ POSTGRES_ENV = "RANKOPT_TEST_POSTGRES_URL"
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def process_env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return rankopt_env(settings_env(settings), ROOT)
 
 
-class Proc:
-    """One ``rankopt`` subprocess (``python -m worker.cli ...``) logging to a file."""
-
-    def __init__(self, name: str, settings: Settings, folder: Path, *args: str) -> None:
-        self.name = name
-        self.log = folder / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        with self.log.open("wb") as handle:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", *args],
-                cwd=ROOT,
-                env=process_env(settings),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def worker_id(self) -> str:
-        return f"{socket.gethostname()}-{self.popen.pid}-0"
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            self.popen.send_signal(signum)
-
-    def stop(self, timeout: float = 20) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit status."""
-        if self.alive():
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-        with suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-        return self.popen.returncode
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return f"--- {self.name} (pid {self.popen.pid}) ---\n" + "\n".join(text[-lines:])
+def start(name: str, settings: Settings, folder: Path, *args: str) -> Proc:
+    """``rankopt *args`` on ``settings``, logging to a fresh file in ``folder``."""
+    log = folder / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    return Proc(name, args, env=process_env(settings), log=log, cwd=ROOT)
 
 
 def start_worker(settings: Settings, folder: Path, name: str = "worker") -> Proc:
-    return Proc(name, settings, folder, "worker", "--poll-interval", "0.2")
+    return start(name, settings, folder, "worker", "--poll-interval", "0.2")
 
 
 def start_api(settings: Settings, folder: Path, port: int, name: str = "api") -> Proc:
-    return Proc(
+    return start(
         name,
         settings,
         folder,
@@ -103,25 +59,7 @@ def start_api(settings: Settings, folder: Path, port: int, name: str = "api") ->
 
 
 def wait_ready(url: str, proc: Proc, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.alive(), proc.tail()
-        with suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"the API at {url} did not become ready\n{proc.tail()}")
-
-
-def stop_all(procs: list[Proc]) -> None:
-    for proc in procs:
-        proc.signal(signal.SIGTERM)
-    for proc in procs:
-        proc.stop()
-
-
-def tails(procs: list[Proc], lines: int = 40) -> str:
-    return "\n".join(proc.tail(lines) for proc in procs)
+    procs.wait_ready(url, [proc], timeout)
 
 
 class Poller:

@@ -12,28 +12,24 @@ cancelled over HTTP while it searches, and the CLI's ``status``/``list`` read th
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.client import RankoptClient
+from service.procs import Proc, free_port, stop_all, tails, wait_ready
 from service.settings import Settings
 from service.store import Store
 from tensorops import load_compressed
-from tests.e2e._procs import free_port
+from tests.e2e._procs import ROOT, process_env
 from tests.postgres_support import require_postgres, scratch_database
-from tests.worker.pool_support import BASE_SPEC, make_settings, settings_env, train_weights
+from tests.worker.pool_support import BASE_SPEC, make_settings, train_weights
 from worker.data import load_dataset
 from worker.training import evaluate
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Service:
@@ -42,57 +38,28 @@ class Service:
     def __init__(self, settings: Settings, folder: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.env = env
-        rankopt = [sys.executable, "-m", "worker.cli"]
+        self.env = process_env(settings)
         commands = {
-            "api": [*rankopt, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            "worker-a": [*rankopt, "worker", "--poll-interval", "0.2"],
-            "worker-b": [*rankopt, "worker", "--poll-interval", "0.2"],
+            "api": ["serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            "worker-a": ["worker", "--poll-interval", "0.2"],
+            "worker-b": ["worker", "--poll-interval", "0.2"],
         }
-        self.logs: dict[str, Path] = {}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        for name, command in commands.items():
-            self.logs[name] = folder / f"{name}.log"
-            with self.logs[name].open("wb") as log:
-                self.procs[name] = subprocess.Popen(
-                    command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-                )
+        self.procs = {
+            name: Proc(name, args, env=self.env, log=folder / f"{name}.log", cwd=ROOT)
+            for name, args in commands.items()
+        }
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.procs["api"].poll() is None, self.tails()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("the API did not become ready\n" + self.tails())
+        wait_ready(self.url, self.procs.values(), timeout, pause=0.2)
 
     def worker_ids(self) -> set[str]:
-        host = socket.gethostname()
-        return {f"{host}-{self.procs[n].pid}-0" for n in ("worker-a", "worker-b")}
+        return {self.procs[n].worker_id for n in ("worker-a", "worker-b")}
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_all(self.procs.values())
 
     def tails(self, lines: int = 30) -> str:
-        return "\n".join(
-            f"--- {name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-            for name, path in self.logs.items()
-            if path.exists()
-        )
+        return tails(self.procs.values(), lines)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -82,11 +82,6 @@ def store(migrated_url: str, clock: FakeClock) -> Iterator[Store]:
 
 
 @pytest.fixture
-def owner(store: Store) -> ApiKeyRecord:
-    return store.create_api_key("alice")[1]
-
-
-@pytest.fixture
 def other(store: Store) -> ApiKeyRecord:
     return store.create_api_key("mallory")[1]
 

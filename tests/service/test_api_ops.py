@@ -229,7 +229,7 @@ def test_the_api_runs_without_torch(tmp_path: Path) -> None:
         from pathlib import Path
         import numpy as np
         from fastapi.testclient import TestClient
-        import service.client, worker.cli_service
+        import service.client, service.cli
         from service.api import create_app
         from service.settings import Settings
         from service.store import Store

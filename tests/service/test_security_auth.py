@@ -41,7 +41,27 @@ PROTECTED: frozenset[tuple[str, str]] = frozenset(
 )
 #: The web page (service/web): public, out of the OpenAPI document; its calls need the key.
 WEB_PAGE: frozenset[tuple[str, str]] = frozenset(
-    {("GET", "/"), ("GET", "/static/app.js"), ("GET", "/static/style.css"), ("GET", "/ui/config")}
+    {
+        ("GET", "/"),
+        ("GET", "/ui/config"),
+        ("GET", "/static/style.css"),
+        # app.js and the ES modules it imports
+        *(
+            ("GET", f"/static/{name}.js")
+            for name in (
+                "app",
+                "api",
+                "dom",
+                "job",
+                "jobs",
+                "plot",
+                "router",
+                "session",
+                "sse",
+                "submit",
+            )
+        ),
+    }
 )
 #: Routes that need no key: health, metrics, the API's own documentation and the web page.
 PUBLIC: frozenset[tuple[str, str]] = frozenset(

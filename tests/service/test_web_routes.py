@@ -79,7 +79,8 @@ def test_static_files_reference_no_other_origin() -> None:
 
 
 def test_script_keeps_the_key_in_session_storage_and_sends_it_as_a_header() -> None:
-    text = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
+    # app.js and the ES modules it imports, read as one script
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(STATIC_DIR.glob("*.js")))
     script = re.sub(r"^\s*//.*$", "", text, flags=re.M)  # the code, without its comments
     assert "sessionStorage" in script and "localStorage" not in script
     assert "document.cookie" not in script

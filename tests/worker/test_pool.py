@@ -8,7 +8,6 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +52,6 @@ from worker.training import evaluate
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_weights(tmp_path_factory)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    s = Store.from_settings(settings)
-    try:
-        yield s
-    finally:
-        s.dispose()
-
-
-@pytest.fixture
-def owner(store: Store) -> ApiKeyRecord:
-    return store.create_api_key("alice")[1]
 
 
 def make_worker(settings: Settings, store: Store, name: str = "w-test") -> Worker:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,8 @@ from typing import Any
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from service import procs
+from service.procs import rankopt_env
 from service.settings import Settings
 from service.store import ApiKeyRecord, JobStatus, Store
 from tests.postgres_support import base_url, reset_schema, scratch_database, skip_reason
@@ -73,46 +72,23 @@ def settings(backend: str, tmp_path: Path, postgres_database: str | None) -> Set
     return make_settings(tmp_path, database_url=postgres_database)
 
 
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    s = Store.from_settings(settings)
-    try:
-        yield s
-    finally:
-        s.dispose()
-
-
-@pytest.fixture
-def owner(store: Store) -> ApiKeyRecord:
-    return store.create_api_key("alice")[1]
-
-
-class Proc:
-    """A ``rankopt worker`` subprocess with its log file."""
+class Proc(procs.Proc):
+    """A ``rankopt worker`` subprocess with its log file; ``stop`` kills it."""
 
     def __init__(self, settings: Settings, folder: Path, *extra: str) -> None:
-        env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.log = folder / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self._handle = self.log.open("wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--poll-interval", "0.2", *extra],
+        super().__init__(
+            "worker",
+            ["worker", "--poll-interval", "0.2", *extra],
+            env=rankopt_env(settings_env(settings), ROOT),
+            log=folder / f"worker-{uuid.uuid4().hex[:6]}.log",
             cwd=ROOT,
-            env=env,
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
         )
-        self.worker_id = f"{socket.gethostname()}-{self.popen.pid}-0"
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> int | None:
         if self.popen.poll() is None:
             self.popen.kill()
-            self.popen.wait(30)
-        self._handle.close()
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace").splitlines()
-        return f"--- {self.worker_id} ---\n" + "\n".join(text[-lines:])
+            self.popen.wait(timeout)
+        return self.popen.returncode
 
 
 def _running_by(

@@ -46,25 +46,6 @@ def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRec
     return [r for r in caplog.records if getattr(r, "event", None) == event]
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    s = Store.from_settings(settings)
-    try:
-        yield s
-    finally:
-        s.dispose()
-
-
-@pytest.fixture
-def owner(store: Store) -> ApiKeyRecord:
-    return store.create_api_key("alice")[1]
-
-
 def test_backoff_doubles_up_to_a_cap() -> None:
     assert [db_backoff(0.5, n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert db_backoff(0.5, 100) == MAX_DB_BACKOFF_S

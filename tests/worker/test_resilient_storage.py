@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from service.procs import free_port
 from tests.postgres_support import require_postgres
 from tests.worker.pool_support import make_settings
 from worker.pool._resilient_storage import ResilientRDBStorage
@@ -157,10 +158,7 @@ class _CuttableProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None

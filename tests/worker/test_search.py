@@ -526,7 +526,7 @@ def test_seeds_enqueued_once_on_create(ctx: SearchContext, tmp_path: Path) -> No
         for label, _ in seed_trials(
             ctx.model, ctx.spaces, ctx.layers, ctx.config, sensitivity=ctx.seed_sensitivity()
         )
-    ]
+    ][: seed_budget(ctx.config.trials)]
     study = open_study(ctx, storage=storage, study_name="s")
     assert seed_labels(study.get_trials()) == expected
     assert all(t.state == TrialState.WAITING for t in study.get_trials())
@@ -546,7 +546,7 @@ def test_running_trial_failed_and_seed_requeued_on_resume(
     storage = sqlite(tmp_path / "s.db")
     seeds = seed_trials(
         ctx.model, ctx.spaces, ctx.layers, ctx.config, sensitivity=ctx.seed_sensitivity()
-    )
+    )[: seed_budget(ctx.config.trials)]
     study = open_study(ctx, storage=storage, study_name="s")
     asked = study.ask()  # a process took the first seed, then died without telling
     assert asked.number == 0
@@ -610,7 +610,7 @@ def test_should_stop_then_resume_completes_the_budget(
         for label, _ in seed_trials(
             ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()
         )
-    ]
+    ][: seed_budget(config.trials)]
     # the seeds, once each, in order (pushes of the best trial may follow: see test_push.py)
     assert [s for s in seed_labels(trials) if not s.startswith("push-")] == expected
     assert all(n == 1 for n in Counter(seed_labels(trials)).values())
@@ -933,7 +933,7 @@ def test_stop_during_a_trial_does_not_use_up_the_budget(
         label
         for label, _ in seed_trials(
             ctx.model, ctx.spaces, ctx.layers, config, sensitivity=ctx.seed_sensitivity()
-        )
+        )[: seed_budget(config.trials)]
     )
 
 

@@ -10,7 +10,7 @@ from worker.search._finalize import (
     pareto_front,
     verification_candidates,
 )
-from worker.search._latency import measure_latency, measure_speedup
+from worker.search._latency import measure_latency, measure_speedup, median_ratio, time_rounds
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
 from worker.search._run import Progress, default_storage, run_search, run_trials
@@ -39,6 +39,7 @@ __all__ = [
     "make_objective",
     "measure_latency",
     "measure_speedup",
+    "median_ratio",
     "open_study",
     "pareto_front",
     "plan_from_params",
@@ -47,5 +48,6 @@ __all__ = [
     "run_trials",
     "search_config",
     "seed_trials",
+    "time_rounds",
     "verification_candidates",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -42,6 +43,35 @@ def measure_latency(
     return statistics.median(timings)
 
 
+def time_rounds(
+    models: Sequence[nn.Module],
+    example: torch.Tensor,
+    *,
+    device: torch.device,
+    rounds: int,
+    first_round: int = 0,
+) -> list[list[float]]:
+    """Seconds of one forward pass of ``example`` per model per round, the models run
+    alternately: in round ``r`` (counted from ``first_round``) the order is rotated by
+    ``r % len(models)``, so that none gains from going first and load from other processes
+    hits all alike. Returns one list of ``rounds`` timings per model, in the models' order.
+    The models and ``example`` must already be on ``device`` (and in eval mode)."""
+    times: list[list[float]] = [[] for _ in models]
+    order = list(range(len(models)))
+    with torch.inference_mode():
+        for r in range(first_round, first_round + rounds):
+            shift = r % len(order)
+            for index in order[shift:] + order[:shift]:
+                times[index].append(_timed_forward(models[index], example, device))
+    return times
+
+
+def median_ratio(reference: Sequence[float], candidate: Sequence[float]) -> float:
+    """The median over rounds of (reference seconds / candidate seconds): the speed-up of
+    interleaved timings (:func:`time_rounds`)."""
+    return statistics.median(r / max(c, 1e-12) for r, c in zip(reference, candidate))
+
+
 def measure_speedup(
     reference: nn.Module,
     candidate: nn.Module,
@@ -62,18 +92,8 @@ def measure_speedup(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    reference = reference.to(device).eval()
-    candidate = candidate.to(device).eval()
+    pair = [reference.to(device).eval(), candidate.to(device).eval()]
     x = example.to(device)
-    ratios = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if i % 2:  # alternate which goes first, so that neither gains from the order
-                cand = _timed_forward(candidate, x, device)
-                ref = _timed_forward(reference, x, device)
-            else:
-                ref = _timed_forward(reference, x, device)
-                cand = _timed_forward(candidate, x, device)
-            if i >= warmup:
-                ratios.append(ref / max(cand, 1e-12))
-    return statistics.median(ratios)
+    time_rounds(pair, x, device=device, rounds=warmup)
+    ref, cand = time_rounds(pair, x, device=device, rounds=repeats, first_round=warmup)
+    return median_ratio(ref, cand)

@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
-import worker.cli_service as cli_service
+import service.cli.commands as cli_service
 from service.api import create_app
 from service.client import RankoptClient
 from service.settings import Settings
@@ -170,7 +170,7 @@ def test_client_commands_do_not_import_torch() -> None:
 
     code = (
         "import sys; from worker.cli import _parser; "
-        "args = _parser().parse_args(['list']); import worker.cli_service; "
+        "args = _parser().parse_args(['list']); import service.cli; "
         "heavy = [m for m in ('torch', 'optuna', 'worker.pool') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.cli import UsageError
+from service.cli.usage import UsageError
 
 if TYPE_CHECKING:
     from service.client import RankoptClient

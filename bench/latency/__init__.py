@@ -1,0 +1,1 @@
+"""The latency benchmark, ``bench/bench_latency.py``, one module per experiment."""
