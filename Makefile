@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean deploy-tools browser-tools
+.PHONY: demo test lint bench install clean deploy-tools browser-tools k8s-tools data-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,10 +42,32 @@ browser-tools:
 	      apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } || \
 	  echo "chromium could not be installed; the browser tests will be skipped"
 
-test: lint deploy-tools browser-tools
+# tests/test_kubernetes.py renders deploy/kubernetes with `kubectl kustomize`: install Debian's
+# kubectl (package kubernetes-client) when neither kubectl nor kustomize is on PATH. Never fails:
+# without root or apt the Kubernetes tests are skipped with the reason.
+k8s-tools:
+	@{ command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1; } || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q kubernetes-client >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q kubernetes-client >/dev/null 2>&1; }; } || \
+	  echo "kubectl could not be installed; the Kubernetes manifest tests will be skipped"
+
+# The built-in dataset "fashion-mnist" reads the IDX files of Debian's dataset-fashion-mnist: install
+# the package when they are missing. Never fails: without root or apt the fashion-mnist tests are
+# skipped with the reason, and loading "fashion-mnist" says which package to install.
+data-tools:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; } || \
+	  echo "dataset-fashion-mnist could not be installed; the fashion-mnist tests will be skipped"
+
+test: lint deploy-tools browser-tools k8s-tools data-tools
 	bash .ci/pytest
 
-demo: $(STAMP)
+demo: $(STAMP) data-tools
 	$(BIN)/python -m worker.demo
 
 # The CPU benchmarks (several hours on 2 cores; bench_compare.py alone is most of it). The GPU

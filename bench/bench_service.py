@@ -101,6 +101,8 @@ class Cluster:
     folder: Path
     database_url: str
     procs: list[Proc] = field(default_factory=list)
+    # how a process is started: `python <launcher> <args>` (bench_scaleout.py traces it)
+    launcher: list[str] = field(default_factory=lambda: ["-m", "worker.cli"])
 
     @property
     def env(self) -> dict[str, str]:
@@ -117,7 +119,14 @@ class Cluster:
 
         return Settings(database_url=self.database_url, artifact_root=self.folder / "artifacts")
 
-    def start(self, name: str, *args: str, nice: int = 0, cpu: int | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        nice: int = 0,
+        cpu: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         log = self.folder / f"{name}.log"
 
         def setup() -> None:
@@ -129,17 +138,22 @@ class Cluster:
         proc = Proc(
             name,
             args,
-            env=self.env,
+            env={**self.env, **(env or {})},
             log=log,
             cwd=ROOT,
             preexec_fn=setup if nice or cpu is not None else None,
+            command=(sys.executable, *self.launcher),
         )
         self.procs.append(proc)
         return proc
 
-    def start_worker(self, index: int, nice: int = 0, pin: bool = False) -> Proc:
+    def start_worker(
+        self, index: int, nice: int = 0, pin: bool = False, env: dict[str, str] | None = None
+    ) -> Proc:
         cpu = sorted(os.sched_getaffinity(0))[index % len(os.sched_getaffinity(0))] if pin else None
-        return self.start(f"worker-{index}", "worker", "--poll-interval", "0.2", nice=nice, cpu=cpu)
+        return self.start(
+            f"worker-{index}", "worker", "--poll-interval", "0.2", nice=nice, cpu=cpu, env=env
+        )
 
     def start_api(self, port: int) -> Proc:
         return self.start(
@@ -555,7 +569,6 @@ def bench_throughput_one(
     args: argparse.Namespace, weights: Path, n_workers: int, trials: int
 ) -> dict[str, Any]:
     import optuna
-    from optuna.trial import TrialState
 
     from service.store import normalize_url
 
@@ -584,6 +597,17 @@ def bench_throughput_one(
             storage.engine.dispose()
         finally:
             store.dispose()
+    return {
+        **throughput_stats(job, frozen, n_workers),
+        "load_average_before": load_before,
+        "load_average_after": loadavg(),
+    }
+
+
+def throughput_stats(job: Any, frozen: list[Any], n_workers: int) -> dict[str, Any]:
+    """Trials per minute of a finished job's search phase, from its study's trials."""
+    from optuna.trial import TrialState
+
     counted = [
         t
         for t in frozen
@@ -621,8 +645,6 @@ def bench_throughput_one(
         "trials_by_worker": sorted(per_worker.values(), reverse=True),
         "workers_used": len(per_worker),
         "join_delay_s": (all_in - search_start).total_seconds(),
-        "load_average_before": load_before,
-        "load_average_after": loadavg(),
     }
 
 

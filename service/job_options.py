@@ -61,6 +61,13 @@ class JobOptions(BaseModel):
     objective: Literal["params", "macs", "latency"] = Field(
         default="params", description="what to minimise within the tolerance"
     )
+    max_latency_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="largest latency of the chosen model at the latency batch size, as a "
+        "multiple of the original's, measured (1.0: no slower; none: no constraint)",
+    )
     pareto: bool = Field(default=False, description="two-objective search (accuracy, compression)")
     sampler: Literal["tpe", "gp", "random"] = Field(default="tpe", description="Optuna sampler")
     pruner: Literal["feasibility", "median", "halving", "none"] = Field(

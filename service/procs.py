@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -61,7 +61,8 @@ def rankopt_env(
 
 
 class Proc:
-    """One ``rankopt`` subprocess (``python -m worker.cli *args``) logging to ``log``."""
+    """One ``rankopt`` subprocess (``python -m worker.cli *args``) logging to ``log``;
+    ``command`` replaces ``python -m worker.cli`` (e.g. a traced launcher in a benchmark)."""
 
     def __init__(
         self,
@@ -73,13 +74,14 @@ class Proc:
         cwd: Path | None = None,
         append: bool = False,
         preexec_fn: Callable[[], None] | None = None,
+        command: Sequence[str] = RANKOPT,
     ) -> None:
         self.name = name
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab" if append else "wb") as handle:
             self.popen: subprocess.Popen[bytes] = subprocess.Popen(
-                [*RANKOPT, *args],
+                [*command, *args],
                 cwd=cwd,
                 env=dict(env),
                 stdout=handle,

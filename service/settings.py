@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         trial_heartbeat_seconds: Optuna trial heartbeat interval (stale trials are retried).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         max_trial_failures: failed trials after which a job is failed.
+        max_phase_attempts: times a job's prepare or finalize phase may raise (the worker
+            recorded an error and gave the lease back) before the job is failed
+            (``prepare_failed`` / ``finalize_failed``).
+        max_lost_leases: times the worker of a job's prepare or finalize phase may vanish (its
+            lease expired with no error recorded: killed, crashed, stalled) before the job is
+            failed (``prepare_lost`` / ``finalize_lost``); larger than ``max_phase_attempts``,
+            since a worker killed from outside says nothing about the job.
         db_pool_size: PostgreSQL: connections each engine keeps open per process (a worker
             process has two engines, the job store's and Optuna's; the API one).
         db_max_overflow: PostgreSQL: extra connections an engine may open under load.
@@ -88,6 +95,8 @@ class Settings(BaseSettings):
     trial_heartbeat_seconds: float = Field(default=30.0, gt=0)
     device: str = "auto"
     max_trial_failures: int = Field(default=5, ge=1)
+    max_phase_attempts: int = Field(default=3, ge=1)
+    max_lost_leases: int = Field(default=10, ge=1)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_recycle_seconds: float = Field(default=1800.0, ge=0)

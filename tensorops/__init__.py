@@ -3,6 +3,7 @@
 Imports torch, tensorly and numpy only; nothing else of rankopt.
 """
 
+from tensorops._types import KEEP, Cost, LayerInfo
 from tensorops.checkpoint import load_compressed, read_manifest, save_compressed, weights_digest
 from tensorops.decompositions import (
     BTDResult,
@@ -33,7 +34,7 @@ from tensorops.exceptions import (
     TensorOpsError,
 )
 from tensorops.export import ExportError, export_onnx, export_torchscript
-from tensorops.inventory import Cost, LayerInfo, inventory, measure_cost
+from tensorops.inventory import inventory, measure_cost
 from tensorops.layers import (
     BTDConv2d,
     CPConv2d,
@@ -47,7 +48,6 @@ from tensorops.layers import (
     Tucker2Conv2d,
 )
 from tensorops.methods import (
-    KEEP,
     BuildContext,
     DecompositionMethod,
     applicable_methods,

@@ -9,61 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.layers._geometry import ConvGeometry, Padding
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Parameters and multiply-accumulates per example."""
-
-    params: int
-    macs: int
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.params + other.params, self.macs + other.macs)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One Conv2d, Conv1d or Linear layer as seen in a traced forward pass.
-
-    ``input_size`` and ``output_size`` are the spatial (H, W) sizes; for a Linear they are
-    ``(positions, 1)``, positions being how many vectors per example it is applied to (1 for a
-    classifier head or an MLP on ``(N, F)`` features). A Conv1d is described as the 2-D
-    convolution with a width of 1: ``kernel_size`` ``(k, 1)``, ``stride``/``dilation``
-    ``(s, 1)``/``(d, 1)``, ``padding`` ``(p, 0)`` (or its string), sizes ``(L, 1)``, so that
-    the 2-D cost formulas hold for it unchanged. ``compressible`` says whether any registered
-    method applies; ``reason`` says why not when it is False.
-    """
-
-    name: str
-    kind: Literal["conv2d", "conv1d", "linear"]
-    weight_shape: tuple[int, ...]
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    padding: Padding
-    dilation: tuple[int, int]
-    groups: int
-    has_bias: bool
-    input_size: tuple[int, int]
-    output_size: tuple[int, int]
-    params: int
-    macs: int
-    compressible: bool
-    reason: str | None = None
-
-    @property
-    def cost(self) -> Cost:
-        return Cost(self.params, self.macs)
-
+from tensorops.methods import applicable_methods, refusal_reason
 
 #: The dense-kernel layers that the inventory lists and the cost counter counts.
 _COUNTED = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -195,8 +148,6 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
     ``example_input`` is one batch the model accepts (batch size 1 is enough). Layers that the
     forward pass never reaches are listed last, as not compressible.
     """
-    from tensorops.methods import applicable_methods, refusal_reason
-
     seen: dict[str, LayerInfo] = {}
 
     def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tensorops._types import KEEP
 from tensorops.exceptions import PlanError
-from tensorops.methods import KEEP
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.exceptions import NotCompressibleError, PlanError
-from tensorops.inventory import Cost, LayerInfo
 from tensorops.methods import BuildContext, get_method
 from tensorops.plan import Choice, Plan
 

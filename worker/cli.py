@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--dataset",
         required=True,
-        help="digits, mnist5k, a .npz/.safetensors file, folder:PATH or cifar10:PATH",
+        help="digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, "
+        "a .npz/.safetensors file, folder:PATH or cifar10:PATH",
     )
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--lr", type=float, default=0.01)
@@ -243,6 +244,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 "accuracy_drop": final["accuracy_drop"],
                 "params_ratio": report["ratios"]["params"],
                 "macs_ratio": report["ratios"]["macs"],
+                "latency_ratio": final["latency_ratio"],
+                "latency_constraint_met": final["latency_constraint_met"],
+                "kept_original_reason": report["kept_original_reason"],
                 "checkpoint": str(result.checkpoint),
             },
             indent=2,

@@ -124,7 +124,7 @@ class _QuietStops(logging.Filter):
     "failed with value None" line, which follows the warning that has the traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from worker.search._study import SearchStopped
+        from worker.search import SearchStopped
 
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, SearchStopped):

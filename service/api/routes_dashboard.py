@@ -2,29 +2,21 @@
 
 The operator sets ``RANKOPT_DASHBOARD_URL`` to an optuna-dashboard reading the same database;
 the study's page there is ``<url>/dashboard/studies/<study_id>``. The study id is read from
-Optuna's ``studies`` table with SQLAlchemy Core (the API imports no Optuna).
+Optuna's ``studies`` table by :mod:`service.store.optuna_tables` (the API imports no Optuna).
 """
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, column, select, table
-from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.deps import OwnedJob, State
 from service.api.schemas import JOB_RESPONSES
-from service.store import is_database_unavailable, read_only
+from service.store.optuna_tables import study_id_of
 
 __all__ = ["DashboardOut", "router", "study_id_of"]
 
-logger = logging.getLogger(__name__)
-
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-_studies = table("studies", column("study_id"), column("study_name"))
 
 
 class DashboardOut(BaseModel):
@@ -36,21 +28,6 @@ class DashboardOut(BaseModel):
         description="the study's page in optuna-dashboard; null when RANKOPT_DASHBOARD_URL is "
         "not set (or, before the study exists, the dashboard's home page)"
     )
-
-
-def study_id_of(engine: Engine, study_name: str) -> int | None:
-    """Optuna's id of the study ``study_name``, or None (no such study, or no Optuna tables)."""
-    try:
-        with read_only(engine).connect() as conn:
-            value = conn.execute(
-                select(_studies.c.study_id).where(_studies.c.study_name == study_name)
-            ).scalar_one_or_none()
-    except SQLAlchemyError as exc:
-        if is_database_unavailable(exc):
-            raise  # a 503 like every other route's
-        logger.debug("no study id for %s: %s", study_name, exc)
-        return None
-    return int(value) if value is not None else None
 
 
 @router.get(

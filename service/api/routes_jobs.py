@@ -229,6 +229,7 @@ def get_result(job: OwnedJob, state: State) -> ResultOut:
             "final": report.get("final"),
             "ratios": report.get("ratios"),
             "found_feasible": report.get("found_feasible"),
+            "kept_original_reason": report.get("kept_original_reason"),
             "chosen_trial": report.get("chosen_trial"),
             "plan": report.get("plan"),
             "layers": report.get("layers") or [],

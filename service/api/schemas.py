@@ -138,6 +138,12 @@ class TrialOut(BaseModel):
     params_count: int | None = None
     macs: int | None = None
     latency_s: float | None = None
+    latency_ratio: float | None = Field(
+        default=None, description="measured latency over the original's (with max_latency_ratio)"
+    )
+    latency_met: bool | None = Field(
+        default=None, description="within max_latency_ratio (none: no latency constraint)"
+    )
     duration_s: float | None = None
     worker: str | None = Field(default=None, description="the worker process that ran it")
 
@@ -195,7 +201,18 @@ class FinalMeasurement(Measurement):
     """Accuracy and cost of the compressed model."""
 
     accuracy_drop: float | None = Field(default=None, description="in accuracy points")
-    constraint_met: bool | None = None
+    latency_ratio: float | None = Field(
+        default=None, description="measured latency over the original's (under 1: faster)"
+    )
+    max_latency_ratio: float | None = Field(
+        default=None, description="the job's latency limit (none: no latency constraint)"
+    )
+    latency_constraint_met: bool | None = Field(
+        default=None, description="within max_latency_ratio (none: no latency constraint)"
+    )
+    constraint_met: bool | None = Field(
+        default=None, description="within the tolerance and the latency limit, if any"
+    )
 
 
 class Ratios(BaseModel):
@@ -224,6 +241,9 @@ class ResultOut(BaseModel):
     final: FinalMeasurement | None
     ratios: Ratios | None
     found_feasible: bool | None
+    kept_original_reason: str | None = Field(
+        default=None, description="why the original model was kept, when it was"
+    )
     chosen_trial: int | None
     plan: dict[str, Any] | None
     layers: list[dict[str, Any]]

@@ -1,26 +1,26 @@
 """A job's trials: from its report once finished, else straight from its Optuna study's tables.
 
-The API imports no Optuna: the live study ``job-<id>`` is read with SQLAlchemy Core from the
-tables Optuna's RDB storage keeps in the same database (``studies``, ``trials``,
-``trial_params``, ``trial_user_attributes``). The worker's objective stores ``plan``,
-``accuracy``, ``accuracy_drop``, ``compression``, ``params_count``, ``macs``, ``latency_s``
-and ``seconds`` as user attributes (JSON text), and a seed trial's label under ``seed``.
+The API imports no Optuna: the live study ``job-<id>`` is read by
+:mod:`service.store.optuna_tables` (the one module that queries Optuna's tables). The worker's
+objective stores ``plan``, ``accuracy``, ``accuracy_drop``, ``compression``, ``params_count``,
+``macs``, ``latency_s``, ``latency_ratio``, ``latency_met`` and ``seconds`` as user attributes,
+and a seed trial's label under ``seed``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, MetaData, column, delete, inspect, select, table
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
 
 from service.artifacts import PathEscapeError, confined
 from service.settings import Settings
-from service.store import ArtifactNotFound, JobRecord, Store, read_only
+from service.store import ArtifactNotFound, JobRecord, Store
+from service.store.optuna_tables import delete_study_rows
+from service.store.optuna_tables import read_study_trials as _study_trials
 
 __all__ = [
     "SEED_ATTR",
@@ -40,26 +40,6 @@ MAX_REPORT_BYTES = 64 * 1024 * 1024
 
 TrialSource = Literal["result", "report", "study", "none"]
 
-_studies = table("studies", column("study_id"), column("study_name"))
-_trials = table(
-    "trials",
-    column("trial_id"),
-    column("number"),
-    column("study_id"),
-    column("state"),
-    column("datetime_start"),
-    column("datetime_complete"),
-)
-_params = table(
-    "trial_params",
-    column("trial_id"),
-    column("param_name"),
-    column("param_value"),
-    column("distribution_json"),
-)
-_attrs = table("trial_user_attributes", column("trial_id"), column("key"), column("value_json"))
-_OPTUNA_TABLES = ("studies", "trials", "trial_params", "trial_user_attributes")
-
 
 def report_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """The report inside a job's stored result (the result itself, or its ``report`` key)."""
@@ -69,80 +49,24 @@ def report_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return nested if isinstance(nested, dict) else result
 
 
-def _decode_param(value: float | None, distribution_json: str | None) -> Any:
-    """Optuna stores a parameter as a float; categorical ones as the index of the choice."""
-    if value is None or not distribution_json:
-        return value
-    try:
-        distribution = json.loads(distribution_json)
-    except json.JSONDecodeError:
-        return value
-    name = distribution.get("name", "")
-    attributes = distribution.get("attributes", {})
-    if name == "CategoricalDistribution":
-        choices = attributes.get("choices", [])
-        index = int(value)
-        return choices[index] if 0 <= index < len(choices) else value
-    if name in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"):
-        return int(value)
-    return value
-
-
-def _seconds(start: Any, end: Any) -> float | None:
-    if isinstance(start, str):
-        start = datetime.fromisoformat(start)
-    if isinstance(end, str):
-        end = datetime.fromisoformat(end)
-    if isinstance(start, datetime) and isinstance(end, datetime):
-        return (end - start).total_seconds()
-    return None
-
-
 def read_study_trials(engine: Engine, study_name: str) -> list[dict[str, Any]] | None:
-    """The trials of the Optuna study ``study_name`` in ``engine``'s database, by number, or
-    ``None`` when there is no such study (not created yet, or deleted)."""
-    try:
-        names = set(inspect(engine).get_table_names())
-        if not set(_OPTUNA_TABLES) <= names:
-            return None
-        with read_only(engine).connect() as conn:
-            study_id = conn.execute(
-                select(_studies.c.study_id).where(_studies.c.study_name == study_name)
-            ).scalar_one_or_none()
-            if study_id is None:
-                return None
-            trial_rows = conn.execute(
-                select(_trials).where(_trials.c.study_id == study_id).order_by(_trials.c.number)
-            ).all()
-            ids = [row.trial_id for row in trial_rows]
-            params: dict[int, dict[str, Any]] = {i: {} for i in ids}
-            attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
-            if ids:
-                for row in conn.execute(select(_params).where(_params.c.trial_id.in_(ids))):
-                    params[row.trial_id][row.param_name] = _decode_param(
-                        row.param_value, row.distribution_json
-                    )
-                for row in conn.execute(select(_attrs).where(_attrs.c.trial_id.in_(ids))):
-                    try:
-                        attrs[row.trial_id][row.key] = json.loads(row.value_json)
-                    except (TypeError, json.JSONDecodeError):
-                        attrs[row.trial_id][row.key] = row.value_json
-    except SQLAlchemyError as exc:
-        logger.warning("cannot read the trials of study %s: %s", study_name, exc)
+    """The trials of the Optuna study ``study_name`` in ``engine``'s database, by number, as
+    the API shows them, or ``None`` when there is no such study (not created yet, or deleted)."""
+    rows = _study_trials(engine, study_name)
+    if rows is None:
         return None
     trials = []
-    for row in trial_rows:
-        user = attrs[row.trial_id]
-        state = row.state.name if hasattr(row.state, "name") else str(row.state)
-        duration = _seconds(row.datetime_start, row.datetime_complete)
+    for row in rows:
+        user = row.user_attrs
+        duration = row.duration_s
         if duration is None and isinstance(user.get("seconds"), (int, float)):
             duration = float(user["seconds"])
         trials.append(
             {
                 "number": row.number,
-                "state": state,
+                "state": row.state,
                 "seed": user.get(SEED_ATTR),
-                "params": params[row.trial_id],
+                "params": row.params,
                 "plan": user.get("plan"),
                 "accuracy": user.get("accuracy"),
                 "accuracy_drop": user.get("accuracy_drop"),
@@ -150,6 +74,8 @@ def read_study_trials(engine: Engine, study_name: str) -> list[dict[str, Any]] |
                 "params_count": user.get("params_count"),
                 "macs": user.get("macs"),
                 "latency_s": user.get("latency_s"),
+                "latency_ratio": user.get("latency_ratio"),
+                "latency_met": user.get("latency_met"),
                 "duration_s": duration,
                 "worker": user.get("worker"),
             }
@@ -189,36 +115,3 @@ def read_trials(
     if live is not None:
         return "study", live
     return "none", []
-
-
-def delete_study_rows(engine: Engine, study_name: str) -> int:
-    """Delete the Optuna study ``study_name`` and everything under it, with plain SQL.
-
-    Optuna's tables hang off ``trials.trial_id`` and ``studies.study_id``; every table of the
-    database with one of those columns is cleaned (children first), so schema additions in
-    later Optuna versions are covered. Returns the number of trials removed (0 when there is
-    no such study).
-    """
-    meta = MetaData()
-    meta.reflect(bind=engine)
-    studies, trials = meta.tables.get("studies"), meta.tables.get("trials")
-    if studies is None or trials is None:
-        return 0
-    with engine.begin() as conn:
-        study_id = conn.execute(
-            select(studies.c.study_id).where(studies.c.study_name == study_name)
-        ).scalar_one_or_none()
-        if study_id is None:
-            return 0
-        trial_ids = select(trials.c.trial_id).where(trials.c.study_id == study_id)
-        count = len(conn.execute(trial_ids).all())
-        for name, tbl in meta.tables.items():
-            if name != "trials" and "trial_id" in tbl.c:
-                conn.execute(delete(tbl).where(tbl.c.trial_id.in_(trial_ids)))
-        conn.execute(delete(trials).where(trials.c.study_id == study_id))
-        for name, tbl in meta.tables.items():
-            if name not in ("studies", "trials") and "study_id" in tbl.c:
-                conn.execute(delete(tbl).where(tbl.c.study_id == study_id))
-        conn.execute(delete(studies).where(studies.c.study_id == study_id))
-    logger.info("deleted Optuna study %s (%d trials)", study_name, count)
-    return count

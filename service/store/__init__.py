@@ -2,13 +2,19 @@
 
 Tables are prefixed ``rankopt_`` and migrations are tracked in ``rankopt_alembic_version``, so
 the store can share a database with Optuna's studies. Nothing here imports torch or optuna.
+
+:class:`Store` (:mod:`service.store.jobs`) is a facade over one module per aggregate: keys,
+jobs, queue (claims and the lease-loss policy), leases, search, artifact_rows, metrics;
+:mod:`service.store.optuna_tables` holds every SQL statement on Optuna's own tables.
 """
 
 from service.store.engine import (
+    describe_outage,
     is_database_unavailable,
     is_sqlite,
     make_engine,
     normalize_url,
+    outage_cause,
     read_only,
 )
 from service.store.exceptions import (
@@ -75,12 +81,14 @@ __all__ = [
     "StoreError",
     "check_schema",
     "current_revision",
+    "describe_outage",
     "hash_api_key",
     "head_revision",
     "is_database_unavailable",
     "is_sqlite",
     "make_engine",
     "normalize_url",
+    "outage_cause",
     "read_only",
     "request_hash_of",
     "search_budget_spent",

@@ -48,10 +48,12 @@ __all__ = [
     "DEFAULT_POOL_RECYCLE_S",
     "DEFAULT_POOL_SIZE",
     "SQLITE_BEGIN_OPTION",
+    "describe_outage",
     "is_database_unavailable",
     "is_sqlite",
     "make_engine",
     "normalize_url",
+    "outage_cause",
     "postgres_engine_kwargs",
     "read_only",
 ]
@@ -244,21 +246,45 @@ def is_database_unavailable(exc: BaseException) -> bool:
     Errors of the statement itself (a constraint, a syntax error, a missing table) are not
     outages.
     """
+    return outage_cause(exc) is not None
+
+
+def outage_cause(exc: BaseException) -> BaseException | None:
+    """The exception in ``exc``'s chain (``exc`` itself, or one it was raised from) that says
+    the database is unreachable, or None (see :func:`is_database_unavailable`).
+
+    Libraries wrap outages in errors that name other causes (Optuna's storage reports a
+    connection refused during a commit as "invalid data, e.g. exceeding max length"); this
+    finds the real one.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, PoolTimeoutError):
-            return True
+            return current
         if isinstance(current, DBAPIError):
             if current.connection_invalidated:
-                return True
+                return current
             if isinstance(current, (OperationalError, InterfaceError)):
-                return not _is_sqlite_error(current) or bool(
-                    _SQLITE_OUTAGE.search(str(current.orig))
-                )
+                if not _is_sqlite_error(current) or _SQLITE_OUTAGE.search(str(current.orig)):
+                    return current
+                return None
         current = current.__cause__ or current.__context__
-    return False
+    return None
+
+
+def describe_outage(exc: BaseException) -> str | None:
+    """A one-line message saying that the database is unreachable, with the driver's own words
+    (e.g. "connection refused", "terminating connection due to administrator command"), or
+    None when ``exc`` is no outage."""
+    cause = outage_cause(exc)
+    if cause is None:
+        return None
+    detail = cause.orig if isinstance(cause, DBAPIError) and cause.orig is not None else cause
+    lines = [line.strip() for line in str(detail).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(detail).__name__
+    return f"the database is unreachable ({type(detail).__name__}: {reason})"
 
 
 #: SQLite errors that are outages rather than mistakes of the statement.

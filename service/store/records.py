@@ -67,6 +67,10 @@ class ApiKeyRecord:
 class JobRecord:
     """A snapshot of one job row. Timestamps are timezone-aware UTC.
 
+    ``attempts`` counts the claims of the current prepare or finalize phase; of those,
+    ``phase_errors`` ended because the phase raised and ``lost_leases`` because the worker
+    vanished (its lease expired with no error recorded).
+
     ``created`` is only meaningful on what :meth:`Store.create_job` returns: ``False`` when an
     idempotent replay returned the job an earlier request created.
     """
@@ -95,6 +99,8 @@ class JobRecord:
     lease_expires_at: datetime | None
     attempts: int
     trial_failures: int
+    phase_errors: int
+    lost_leases: int
     error_code: str | None
     error_message: str | None
     result: dict[str, Any] | None

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.exceptions import RankError
-from tensorops.inventory import Cost, LayerInfo
 
 
 @dataclass

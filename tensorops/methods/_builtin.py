@@ -12,9 +12,9 @@ from typing import ClassVar, cast
 import torch
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.decompositions import ModeBasis, max_cp_rank, mode_bases
 from tensorops.evbmf import cp_rank_from_tucker2, evbmf, tucker2_ranks
-from tensorops.inventory import Cost, LayerInfo
 from tensorops.layers import (
     CPConv2d,
     LowRankConv1d,

@@ -11,9 +11,9 @@ from typing import ClassVar, cast
 
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.decompositions import ModeBasis, max_btd_blocks, mode_bases
 from tensorops.evbmf import evbmf, tucker2_ranks
-from tensorops.inventory import Cost, LayerInfo
 from tensorops.layers import BTDConv2d, TTConv2d, TTTuckerConv2d
 from tensorops.layers._tt_conv import tt_conv_modes, tt_conv_sizes, tt_ranks
 from tensorops.layers._tt_linear import tt_matrix_macs

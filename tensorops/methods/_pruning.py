@@ -7,8 +7,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.evbmf import evbmf
-from tensorops.inventory import Cost, LayerInfo
 from tensorops.layers import NormConv2d, NormLinear, conv_refusal
 from tensorops.methods._base import BuildContext, DecompositionMethod
 

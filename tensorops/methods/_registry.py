@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from tensorops._types import KEEP
 from tensorops.exceptions import PlanError
 from tensorops.methods._base import DecompositionMethod
-
-#: The plan choice that leaves a layer dense. It is not a registered method.
-KEEP = "keep"
 
 _METHODS: dict[str, DecompositionMethod] = {}
 

@@ -19,10 +19,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from tensorops._types import Cost, LayerInfo
 from tensorops.decompositions import tt_matrix_bond_limits, tt_matrix_ranks
 from tensorops.evbmf import evbmf
 from tensorops.exceptions import NotCompressibleError
-from tensorops.inventory import Cost, LayerInfo
 from tensorops.layers import NTTLinear, QCPLinear, QTTLinear, TTLinear
 from tensorops.layers._qcp_linear import qcp_macs, qcp_max_rank
 from tensorops.layers._qtt_linear import quantised_modes

@@ -201,13 +201,18 @@ def test_gives_up_after_max_attempts(store: Store, owner: ApiKeyRecord, clock: F
     store.release_lease(job_id, "w2", "CUDA out of memory")
     third = store.claim("w3")
     assert third is not None and third.job.id == job_id and third.job.attempts == 3
-    clock.advance(11)  # w3 dies too
-    # A fourth claim fails the job and hands out the next one instead.
+    store.release_lease(job_id, "w3", "CUDA out of memory")
     fourth = store.claim("w4")
-    assert fourth is not None and fourth.job.id == other_id
+    assert fourth is not None and fourth.job.id == job_id and fourth.job.attempts == 4
+    store.release_lease(job_id, "w4", "CUDA out of memory")  # the phase raised 3 times
+    # A fifth claim fails the job and hands out the next one instead.
+    fifth = store.claim("w5")
+    assert fifth is not None and fifth.job.id == other_id
     failed = store.load_job(job_id)
     assert failed.status is JobStatus.FAILED and failed.error_code == "prepare_failed"
-    assert failed.error_message == "prepare failed 3 times; last error: CUDA out of memory"
+    assert failed.error_message == (
+        "prepare failed 3 times; last error: CUDA out of memory; the worker also vanished once"
+    )
     assert failed.finished_at is not None and failed.lease_owner is None
     assert failed.to_public()["error"]["code"] == "prepare_failed"
 
@@ -216,14 +221,17 @@ def test_give_up_message_without_recorded_error(
     store: Store, owner: ApiKeyRecord, clock: FakeClock
 ) -> None:
     (job_id,) = _queue(store, owner)
-    for _ in range(3):
+    for _ in range(store.max_lost_leases):
         assert store.claim("w") is not None
         clock.advance(11)
     assert store.claim("w") is None
     job = store.load_job(job_id)
-    assert job.status is JobStatus.FAILED
+    assert job.status is JobStatus.FAILED and job.error_code == "prepare_lost"
     assert job.error_message is not None
-    assert job.error_message.startswith("prepare failed 3 times; last error: the worker stopped")
+    assert job.error_message.startswith(
+        f"prepare never finished: its worker vanished {store.max_lost_leases} times (the lease "
+        "expired with no error recorded"
+    )
 
 
 def test_claim_finalize(store: Store, owner: ApiKeyRecord) -> None:

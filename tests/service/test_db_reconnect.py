@@ -33,6 +33,7 @@ from service.store import (
     make_engine,
     upgrade,
 )
+from service.store.engine import describe_outage, outage_cause
 from tests.postgres_support import conninfo, require_postgres, scratch_database
 
 CLOSED = "postgresql://nobody@127.0.0.1:1/none"
@@ -131,6 +132,21 @@ def test_outages_are_told_from_bugs(tmp_path: Path) -> None:
     assert not is_database_unavailable(duplicate)
     assert not is_database_unavailable(ValueError("x"))
     engine.dispose()
+
+
+def test_an_outage_is_described_in_the_drivers_words() -> None:
+    refused = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused\nmore"))
+    wrapped = RuntimeError("invalid data in the commit, e.g. exceeding max length")
+    wrapped.__cause__ = refused
+    assert outage_cause(wrapped) is refused
+    assert describe_outage(wrapped) == (
+        "the database is unreachable (ConnectionRefusedError: connection refused)"
+    )
+    assert describe_outage(PoolTimeoutError("QueuePool limit reached")) == (
+        "the database is unreachable (TimeoutError: QueuePool limit reached)"
+    )
+    duplicate = IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE constraint failed"))
+    assert describe_outage(duplicate) is None and outage_cause(ValueError("x")) is None
 
 
 # ------------------------------------------------------------------ dropped connections

@@ -47,7 +47,7 @@ def test_upgrade_creates_prefixed_tables_and_own_version_table(db_url: str) -> N
     assert all(name.startswith(TABLE_PREFIX) for name in tables)
     engine = make_engine(db_url)
     try:
-        assert current_revision(engine) == head_revision() == "0001"
+        assert current_revision(engine) == head_revision() == "0002"
         check_schema(engine)
     finally:
         engine.dispose()
@@ -60,7 +60,7 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
     try:
         with engine.connect() as conn:
             versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-        assert [v for (v,) in versions] == ["0001"]
+        assert [v for (v,) in versions] == ["0002"]
     finally:
         engine.dispose()
 

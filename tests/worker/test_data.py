@@ -23,6 +23,7 @@ from worker.data import (
     DataLimits,
     DataPathError,
     DatasetError,
+    SplitError,
     UnsafePickleError,
     list_builtin_datasets,
     load_arrays,
@@ -72,8 +73,10 @@ def test_builtin_loads(
     bundle: DataBundle = request.getfixturevalue(name)
     _check_bundle(bundle, chw, num_classes=10)
     assert bundle.name == name
-    assert len(bundle.y_train) + len(bundle.y_val) == total
+    assert bundle.y_test is not None  # carved out: 60 / 20 / 20
+    assert len(bundle.y_train) + len(bundle.y_val) + len(bundle.y_test) == total
     assert len(bundle.y_val) == pytest.approx(0.2 * total, abs=10)
+    assert len(bundle.y_test) == pytest.approx(0.2 * total, abs=10)
     assert set(bundle.y_val.tolist()) == set(range(10))  # stratified: every class in val
     # Normalised: roughly zero mean, unit spread.
     assert abs(float(bundle.x_train.mean())) < 0.1
@@ -82,20 +85,29 @@ def test_builtin_loads(
 
 
 def test_list_builtin_datasets() -> None:
-    assert list_builtin_datasets() == ["breast-cancer", "breast-cancer-seq", "digits", "mnist5k"]
+    assert list_builtin_datasets() == [
+        "breast-cancer",
+        "breast-cancer-seq",
+        "digits",
+        "fashion-mnist",
+        "mnist5k",
+    ]
 
 
 @pytest.mark.parametrize(
     ("name", "shape"), [("breast-cancer", (30,)), ("breast-cancer-seq", (3, 10))]
 )
 def test_tabular_builtins(name: str, shape: tuple[int, ...]) -> None:
-    bundle = load_dataset(name, seed=1)
+    bundle = load_dataset(name, split_seed=1)
     assert bundle.name == name and bundle.input_shape == shape and bundle.num_classes == 2
-    assert len(bundle.y_train) + len(bundle.y_val) == 569
-    assert set(bundle.y_val.tolist()) == {0, 1}
+    assert bundle.y_test is not None and bundle.x_test is not None
+    assert bundle.x_test.shape[1:] == shape
+    assert len(bundle.y_train) + len(bundle.y_val) + len(bundle.y_test) == 569
+    assert set(bundle.y_val.tolist()) == {0, 1} and set(bundle.y_test.tolist()) == {0, 1}
     assert abs(float(bundle.x_train.mean())) < 0.1 and 0.8 < float(bundle.x_train.std()) < 1.2
-    again = load_dataset(name, seed=1)
+    again = load_dataset(name, split_seed=1)
     assert torch.equal(again.x_train, bundle.x_train)
+    assert torch.equal(again.y_test, bundle.y_test)
 
 
 def test_tabular_sequences_are_the_features_by_statistic() -> None:
@@ -103,6 +115,8 @@ def test_tabular_sequences_are_the_features_by_statistic() -> None:
     # Same seeded split; channel 0 holds the 10 means, 1 the standard errors, 2 the worst values.
     assert torch.equal(seq.y_val, flat.y_val)
     assert torch.equal(seq.x_val.reshape(-1, 30), flat.x_val)
+    assert seq.x_test is not None and flat.x_test is not None
+    assert torch.equal(seq.x_test.reshape(-1, 30), flat.x_test)
 
 
 def test_split_is_deterministic_per_seed(digits: DataBundle) -> None:
@@ -384,6 +398,29 @@ def test_sequences_load_when_declared_ncl(tmp_path: Path, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+@pytest.mark.parametrize(("shape", "layout"), [((30,), None), ((3, 10), "NCL")])
+def test_features_and_sequences_with_a_test_split(
+    tmp_path: Path, fmt: str, shape: tuple[int, ...], layout: str | None
+) -> None:
+    def write(arrays: Arrays) -> Path:
+        if layout is None:
+            return _write(tmp_path, arrays, fmt)
+        return _write_with_layout(tmp_path, arrays, fmt, layout)
+
+    arrays = _arrays(shape=shape)
+    rng = np.random.default_rng(1)
+    arrays["x_test"] = rng.standard_normal((5, *shape)).astype(np.float32)
+    arrays["y_test"] = np.arange(5) % 3
+    bundle = load_dataset(str(write(arrays)))
+    assert bundle.input_shape == shape and bundle.x_test is not None
+    np.testing.assert_array_equal(bundle.x_test.numpy(), arrays["x_test"])
+    short = (*shape[:-1], shape[-1] - 1)  # one feature / position short
+    arrays["x_test"] = rng.standard_normal((5, *short)).astype(np.float32)
+    with pytest.raises(SplitError, match="x_test examples have shape"):
+        load_dataset(str(write(arrays)))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
 @pytest.mark.parametrize(
     ("shape", "layout", "word"),
     [((1, 8, 8), "NCL", "layout NCL"), ((3, 10), "NLC", "layout must be one of NCL")],
@@ -449,7 +486,8 @@ def test_image_folder_loads(data_root: Path) -> None:
     bundle = load_dataset("folder:pets", allowed_roots=[data_root])
     _check_bundle(bundle, (3, 32, 32), num_classes=3)
     assert bundle.name == "folder:pets"
-    assert len(bundle.y_train) + len(bundle.y_val) == 25
+    assert bundle.y_test is not None
+    assert len(bundle.y_train) + len(bundle.y_val) + len(bundle.y_test) == 25
     assert len(bundle.y_val) == 5  # 2 + 2 + 1, stratified
     assert abs(float(bundle.x_train.mean())) < 0.1  # normalised with train statistics
     again = load_dataset(f"folder:{data_root / 'pets'}", allowed_roots=[data_root])
@@ -541,15 +579,16 @@ def test_cifar10_loads(data_root: Path, protocol: int) -> None:
     bundle = load_dataset("cifar10:cifar", allowed_roots=[data_root])
     _check_bundle(bundle, (3, 32, 32), num_classes=10)
     assert bundle.name == "cifar10"
-    assert len(bundle.y_train) == 20 and len(bundle.y_val) == 4
-    assert bundle.y_val.tolist() == [(50 + i) % 10 for i in range(4)]
+    assert bundle.y_test is not None and bundle.x_test is not None  # test_batch
+    assert len(bundle.y_train) + len(bundle.y_val) == 20 and len(bundle.y_test) == 4
+    assert bundle.y_test.tolist() == [(50 + i) % 10 for i in range(4)]
     # Channel planes land in the right place and carry CIFAR's normalisation constants.
     for channel, value, mean, std in zip(
         range(3), (10, 20, 30), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     ):
         got = float(bundle.x_train[0, channel, 5, 5])
         assert got == pytest.approx((value / 255 - mean) / std, abs=1e-5)
-    assert float(bundle.x_train[1, 0, 0, 0]) == pytest.approx((1 / 255 - 0.4914) / 0.2470, 1e-5)
+    assert float(bundle.x_test[1, 0, 0, 0]) == pytest.approx((51 / 255 - 0.4914) / 0.2470, 1e-5)
 
 
 class _Py2Pickler(pickle._Pickler):
@@ -580,13 +619,14 @@ def test_cifar10_python2_pickles(data_root: Path) -> None:
         (base / name).write_bytes(raw)
     bundle = load_dataset("cifar10:cifar", allowed_roots=[data_root])
     _check_bundle(bundle, (3, 32, 32), num_classes=10)
-    assert bundle.y_val.tolist() == [3, 4, 5, 6]
+    assert bundle.y_test is not None and bundle.y_test.tolist() == [3, 4, 5, 6]
 
 
 def test_cifar10_batches_dir_and_max_train(data_root: Path) -> None:
     base = _cifar_dir(data_root, n=6)
     bundle = load_cifar10(base, allowed_roots=[data_root], max_train=7, seed=1)
-    assert len(bundle.y_train) == 7 and len(bundle.y_val) == 6
+    assert bundle.y_test is not None
+    assert len(bundle.y_train) == 7 and len(bundle.y_test) == 6
 
 
 def test_cifar10_missing_batch(data_root: Path) -> None:

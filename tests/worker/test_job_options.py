@@ -47,6 +47,7 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "trials": ("7", 7),
         "timeout_s": ("12.5", 12.5),
         "max_accuracy_drop": ("2", 2.0),
+        "max_latency_ratio": ("1.0", 1.0),
         "objective": ("macs", "macs"),
         "sampler": ("random", "random"),
         "pruner": ("none", "none"),
@@ -89,6 +90,7 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         (["--trials", "0"], "--trials (trials)"),
         (["--rank-scale", "abc"], "--rank-scale"),
         (["--max-lr", "-1"], "--max-lr (schedule.max_lr)"),
+        (["--max-latency-ratio", "0"], "--max-latency-ratio (max_latency_ratio)"),
     ],
 )
 def test_cli_option_errors_name_the_flag_and_the_field(args: list[str], needle: str) -> None:

@@ -35,15 +35,16 @@ from worker.pool import (
     WORKER_ATTR,
     BadInput,
     Counts,
-    JsonFormatter,
     Reaper,
     Worker,
-    log_event,
     over_budget,
     search_config_from_spec,
 )
+from worker.pool import _phases as phases_module
+from worker.pool import _trial as trial_module
 from worker.pool import _worker as worker_module
 from worker.pool._budget import INTERRUPTED_ATTR, requeue_interrupted
+from worker.structured_logs import JsonFormatter, log_event
 from worker.training import evaluate
 
 # --------------------------------------------------------------------------- fixtures
@@ -136,7 +137,7 @@ def test_trials_go_round_robin_across_searching_jobs(
     assert store.load_job(first.id).status is JobStatus.SUCCEEDED
     assert store.load_job(second.id).status is JobStatus.SUCCEEDED
     assert served[:4] == [first.id, second.id, first.id, second.id]
-    assert not worker._cache.job_ids()
+    assert not worker.cache.job_ids()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -241,6 +242,7 @@ def test_cancel_stops_the_trial_within_an_epoch_and_deletes_the_study(
         return original(storage, name)
 
     monkeypatch.setattr(worker_module, "delete_study_if_exists", snapshot_then_delete)
+    monkeypatch.setattr(phases_module, "delete_study_if_exists", snapshot_then_delete)
     worker = make_worker(settings, store)
     thread = threading.Thread(target=worker.run)
     thread.start()
@@ -305,7 +307,7 @@ def test_worker_that_loses_its_prepare_lease_stops_without_writing(
     assert current.lease_owner == "w-other" and current.attempts == 2
     assert current.error_message is None and current.baseline_accuracy is None
     assert trials_of(storage_of(settings), job.study_name) == []  # no study created
-    assert job.id not in worker._cache
+    assert job.id not in worker.cache
 
 
 def test_shutdown_during_finalize_hands_the_phase_back(
@@ -318,13 +320,13 @@ def test_shutdown_during_finalize_hands_the_phase_back(
     # A generous tolerance: there are plans to verify, so finalising fine-tunes (has epochs).
     job = submit(store, settings, owner, weights, trials=2, max_accuracy_drop=60.0)
     worker = make_worker(settings, store, "w-leaving")
-    original = worker_module.publish_results
+    original = phases_module.publish_results
 
     def shutdown_then_publish(*args: Any, **kwargs: Any) -> Any:
         worker.stop_event.set()  # SIGTERM arrives as finalising starts
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "publish_results", shutdown_then_publish)
+    monkeypatch.setattr(phases_module, "publish_results", shutdown_then_publish)
     try:
         worker.run(once=True)
     finally:
@@ -334,10 +336,11 @@ def test_shutdown_during_finalize_hands_the_phase_back(
     assert (
         released.error_message is not None and "shut down during finalize" in released.error_message
     )
+    assert (released.phase_errors, released.lost_leases) == (0, 0)  # a shutdown is no error
     assert not store.list_artifacts(job.id)
     assert not list((settings.artifact_root / "jobs").iterdir())  # staging removed
 
-    monkeypatch.setattr(worker_module, "publish_results", original)
+    monkeypatch.setattr(phases_module, "publish_results", original)
     other = make_worker(settings, store, "w-next")
     try:
         other.run(once=True)
@@ -366,7 +369,7 @@ def test_repeated_trial_errors_fail_the_job(
 
         return objective
 
-    monkeypatch.setattr(worker_module, "make_objective", broken_objective)
+    monkeypatch.setattr(trial_module, "make_objective", broken_objective)
     job = submit(store, settings, owner, weights, trials=5)
     worker = make_worker(settings, store)
     try:

@@ -15,9 +15,10 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from service.settings import Settings
-from service.store import ApiKeyRecord, JobStatus, Store, is_database_unavailable
+from service.store import ApiKeyRecord, JobStatus, Store, is_database_unavailable, make_engine
 from tests.postgres_support import conninfo, require_postgres, scratch_database
 from tests.worker.pool_support import (
     BASE_SPEC,
@@ -28,7 +29,8 @@ from tests.worker.pool_support import (
     trials_of,
     wait_for,
 )
-from worker.pool import Counts, Worker
+from worker.pool import Counts, Reaper, Worker
+from worker.pool import _trial as trial_module
 from worker.pool import _worker as worker_module
 from worker.pool._budget import INTERRUPTED_ATTR
 from worker.pool._storage import optuna_storage
@@ -61,6 +63,80 @@ def test_optuna_storage_errors_caused_by_an_outage_are_outages() -> None:
     except optuna.exceptions.StorageInternalError as wrapped:
         assert is_database_unavailable(wrapped)
     assert not is_database_unavailable(optuna.exceptions.StorageInternalError("other"))
+
+
+# The misleading message Optuna's RDB storage puts on any error during a commit.
+_OPTUNA_COMMIT_MESSAGE = (
+    "An exception is raised during the commit. This typically happens due to invalid data in "
+    "the commit, e.g. exceeding max length."
+)
+
+
+def _reaper(store: Store) -> Reaper:
+    storage = optuna.storages.InMemoryStorage()
+    return Reaper(store, lambda: storage, worker_id="r", interval=5.0, silent_after=1.0)
+
+
+def test_the_reaper_says_when_the_database_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on port 1: every connection is refused, like a server restarting.
+    engine = make_engine("postgresql+psycopg://rankopt@127.0.0.1:1/rankopt", poolclass=NullPool)
+    store = Store(engine)
+    reaper = _reaper(store)
+    try:
+        with caplog.at_level(logging.INFO, logger="worker.pool._reaper"):
+            assert reaper.reap_logged() is False
+            assert reaper.reap_logged() is False  # once per outage, not once per round
+    finally:
+        store.dispose()
+    (record,) = _events(caplog, "reaper_db_unavailable")
+    message = record.getMessage()
+    assert "the database is unreachable (OperationalError: " in message
+    assert "refused" in message.lower() and "invalid data" not in message
+    assert not _events(caplog, "reaper_failed")
+
+
+def test_the_reaper_sees_through_optunas_commit_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reaper = _reaper(store)
+    failures = iter([True, True, False])
+
+    def reap_once() -> int:
+        if next(failures):
+            try:
+                raise _outage()
+            except OperationalError as exc:  # what Optuna's storage does during a restart
+                raise optuna.exceptions.StorageInternalError(_OPTUNA_COMMIT_MESSAGE) from exc
+        return 0
+
+    monkeypatch.setattr(reaper, "reap_once", reap_once)
+    with caplog.at_level(logging.INFO, logger="worker.pool._reaper"):
+        assert [reaper.reap_logged() for _ in range(3)] == [False, False, True]
+    (down,) = _events(caplog, "reaper_db_unavailable")
+    assert down.getMessage() == (
+        "reaping stale trials paused: the database is unreachable (ConnectionError: server "
+        "closed the connection unexpectedly); retrying every 5s"
+    )
+    assert len(_events(caplog, "reaper_db_reconnected")) == 1
+    assert not _events(caplog, "reaper_failed")
+
+
+def test_the_reaper_reports_other_errors_as_they_are(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reaper = _reaper(store)
+
+    def reap_once() -> int:
+        raise optuna.exceptions.StorageInternalError(_OPTUNA_COMMIT_MESSAGE)
+
+    monkeypatch.setattr(reaper, "reap_once", reap_once)
+    with caplog.at_level(logging.INFO, logger="worker.pool._reaper"):
+        assert reaper.reap_logged() is False
+    (record,) = _events(caplog, "reaper_failed")
+    assert "invalid data" in record.getMessage()
+    assert not _events(caplog, "reaper_db_unavailable")
 
 
 def test_the_loop_backs_off_through_an_outage_and_carries_on(
@@ -115,7 +191,7 @@ def test_a_trial_cut_short_by_the_database_is_not_counted(
 
         return objective
 
-    monkeypatch.setattr(worker_module, "make_objective", objective_losing_the_database)
+    monkeypatch.setattr(trial_module, "make_objective", objective_losing_the_database)
     job = submit(store, settings, owner, train_weights(tmp_path_factory), trials=3)
     worker = Worker(settings, store, worker_id="w-trial", device="cpu", poll_interval=0.05)
     try:

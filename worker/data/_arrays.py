@@ -1,4 +1,5 @@
-"""Uploaded arrays: a ``.npz`` or ``.safetensors`` file holding ``x_train, y_train, x_val, y_val``.
+"""Uploaded arrays: a ``.npz`` or ``.safetensors`` file holding ``x_train, y_train, x_val, y_val``
+and, optionally, a held-out test split ``x_test, y_test`` (both or neither; same example shape).
 
 Accepted layouts of ``x_*``:
 
@@ -33,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from worker.data._bundle import DataBundle
-from worker.data._errors import DataLimitError, DatasetError
+from worker.data._bundle import DataBundle, DataSplits, array_splits
+from worker.data._errors import DataLimitError, DatasetError, SplitError
 from worker.data._limits import DEFAULT_LIMITS, DataLimits
-from worker.data._split import cap_train, check_split_args, make_bundle
+from worker.data._split import cap_train, check_split_args, resolve_split_seed
 
-__all__ = ["ARRAY_KEYS", "load_arrays"]
+__all__ = ["ARRAY_KEYS", "TEST_KEYS", "load_arrays", "open_arrays"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ _EXPECTED_RANKS = (
     "expected 2-D (N, F) features, 3-D (N, H, W) images or (N, C, L) sequences (declared "
     f"with {LAYOUT_KEY}='NCL'), or 4-D (N, C, H, W) or (N, H, W, C) images with C of 1 or 3"
 )
+TEST_KEYS = ("x_test", "y_test")
+_ALL_KEYS = ARRAY_KEYS + TEST_KEYS
 _NUMERIC_KINDS = "uif"  # unsigned, signed integer, floating point
 
 # safetensors dtype names numpy can hold; others (BF16, F8_*) are refused with a hint.
@@ -82,21 +86,37 @@ class _Header:
 def load_arrays(
     path: str | os.PathLike[str],
     *,
-    seed: int = 0,
+    split_seed: int = 0,
     limits: DataLimits = DEFAULT_LIMITS,
     max_train: int | None = None,
+    seed: int | None = None,
 ) -> DataBundle:
+    """:func:`open_arrays` as a :class:`DataBundle` (``seed``: old name of ``split_seed``)."""
+    return open_arrays(
+        path, split_seed=resolve_split_seed(split_seed, seed), limits=limits, max_train=max_train
+    ).to_bundle()
+
+
+def open_arrays(
+    path: str | os.PathLike[str],
+    *,
+    split_seed: int = 0,
+    limits: DataLimits = DEFAULT_LIMITS,
+    max_train: int | None = None,
+) -> DataSplits:
     """Load and validate an uploaded ``.npz`` or ``.safetensors`` dataset.
 
-    ``path`` is opened as given: confining it is the caller's job. ``seed`` only picks the
-    training subset when ``max_train`` caps it; validation comes from the file.
+    ``path`` is opened as given: confining it is the caller's job. ``split_seed`` only picks
+    the training subset when ``max_train`` caps it; validation and test come from the file.
 
     Raises:
         DatasetError: the file is missing, not a valid archive, or its arrays are missing,
             malformed or inconsistent (the message names the key and what was expected).
+        SplitError: ``x_test`` without ``y_test`` (or the reverse), or test images of another
+            shape than the training images.
         DataLimitError: the file or its arrays exceed ``limits``.
     """
-    check_split_args(seed=seed, val_fraction=0.5, max_train=max_train)
+    check_split_args(seed=split_seed, val_fraction=0.5, max_train=max_train)
     file = Path(path)
     if not file.is_file():
         raise DatasetError(f"dataset file {file.name!r} does not exist or is not a regular file")
@@ -111,26 +131,43 @@ def load_arrays(
             f"dataset file {file.name!r} has suffix {suffix!r}; expected .npz or .safetensors"
         )
     sequences = layout == "NCL"
-    x_train = _prepare_images("x_train", arrays["x_train"], sequences=sequences)
-    x_val = _prepare_images("x_val", arrays["x_val"], sequences=sequences)
-    y_train = _prepare_labels("y_train", arrays["y_train"], limits)
-    y_val = _prepare_labels("y_val", arrays["y_val"], limits)
-    num_classes = int(max(y_train.max(), y_val.max())) + 1
+    splits = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
+    xs = {s: _prepare_images(f"x_{s}", arrays[f"x_{s}"], sequences=sequences) for s in splits}
+    ys = {s: _prepare_labels(f"y_{s}", arrays[f"y_{s}"], limits) for s in splits}
+    num_classes = int(max(int(y.max()) for y in ys.values())) + 1
     if num_classes < 2:
         raise DatasetError(
             f"labels span only {num_classes} class (largest label {num_classes - 1}); "
             "at least 2 classes are needed"
         )
-    x_train, y_train = cap_train(x_train, y_train, max_train=max_train, seed=seed)
-    logger.info(
-        "loaded %s: %d train, %d val, %d classes, examples %s",
-        file.name,
-        len(y_train),
-        len(y_val),
-        num_classes,
-        x_train.shape[1:],
+    xs["train"], ys["train"] = cap_train(
+        xs["train"], ys["train"], max_train=max_train, seed=split_seed
     )
-    return make_bundle(file.name, x_train, y_train, x_val, y_val, num_classes)
+    logger.info(
+        "loaded %s: %s, %d classes, examples %s",
+        file.name,
+        ", ".join(f"{len(ys[s])} {s}" for s in splits),
+        num_classes,
+        xs["train"].shape[1:],
+    )
+
+    def pair(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(xs[split]), torch.from_numpy(ys[split])
+
+    has_test = "test" in xs
+    return array_splits(
+        file.name,
+        train=pair("train"),
+        val=pair("val"),
+        test=pair("test") if has_test else None,
+        num_classes=num_classes,
+        split_seed=split_seed,
+        test_note=(
+            "x_test/y_test of the file"
+            if has_test
+            else f"{file.name} holds no x_test/y_test; there is no held-out test split"
+        ),
+    )
 
 
 # --- readers -------------------------------------------------------------------------------------
@@ -148,7 +185,7 @@ def _read_npz(file: Path, limits: DataLimits) -> tuple[dict[str, np.ndarray], st
     _check_headers(headers, limits, layout=layout)
     try:
         with np.load(file, allow_pickle=False) as npz:
-            arrays = {key: np.asarray(npz[key]) for key in ARRAY_KEYS}
+            arrays = {key: np.asarray(npz[key]) for key in _ALL_KEYS if key in headers}
     except DatasetError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
@@ -185,7 +222,7 @@ def _npz_headers(archive: zipfile.ZipFile) -> dict[str, _Header]:
     headers: dict[str, _Header] = {}
     for member in archive.namelist():
         key = member[: -len(".npy")] if member.endswith(".npy") else member
-        if key not in ARRAY_KEYS:
+        if key not in _ALL_KEYS:
             logger.debug("ignoring npz member %r", member)
             continue
         try:
@@ -212,14 +249,14 @@ def _read_safetensors(file: Path, limits: DataLimits) -> tuple[dict[str, np.ndar
             layout = _check_layout(metadata[LAYOUT_KEY]) if LAYOUT_KEY in metadata else None
             headers: dict[str, _Header] = {}
             for key in st.keys():  # noqa: SIM118 (safe_open is not a Mapping)
-                if key not in ARRAY_KEYS:
+                if key not in _ALL_KEYS:
                     continue
                 piece = st.get_slice(key)
                 name = str(piece.get_dtype())
                 shape = tuple(int(d) for d in piece.get_shape())
                 headers[key] = _Header(shape, _SAFETENSORS_DTYPES.get(name), name)
             _check_headers(headers, limits, layout=layout)
-            arrays = {key: np.asarray(st.get_tensor(key)) for key in ARRAY_KEYS}
+            arrays = {key: np.asarray(st.get_tensor(key)) for key in _ALL_KEYS if key in headers}
             return arrays, layout
     except DatasetError:
         raise
@@ -267,31 +304,38 @@ def _check_headers(
             f"missing array(s) {', '.join(missing)}; the file must hold "
             f"{', '.join(ARRAY_KEYS)} (found: {', '.join(sorted(headers)) or 'nothing'})"
         )
-    for key in ARRAY_KEYS:
+    present = [key for key in TEST_KEYS if key in headers]
+    if len(present) == 1:
+        other = "y_test" if present[0] == "x_test" else "x_test"
+        raise SplitError(
+            f"the file holds {present[0]} but not {other}; a test split needs both "
+            "(or leave both out)"
+        )
+    keys = [key for key in _ALL_KEYS if key in headers]
+    for key in keys:
         _check_dtype(key, headers[key])
     example_shapes: dict[str, tuple[int, ...]] = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test") if present else ("train", "val"):
         x_key, y_key = f"x_{split}", f"y_{split}"
+        error = SplitError if split == "test" else DatasetError
         x_shape, y_shape = headers[x_key].shape, headers[y_key].shape
         if len(x_shape) not in (2, 3, 4) or (layout == "NCL" and len(x_shape) != 3):
-            raise DatasetError(
+            raise error(
                 f"{x_key} has shape {x_shape} ({len(x_shape)}-D, layout {layout or 'not given'}); "
                 + _EXPECTED_RANKS
             )
         if not (len(y_shape) == 1 or (len(y_shape) == 2 and y_shape[1] == 1)):
-            raise DatasetError(
-                f"{y_key} has shape {y_shape} ({len(y_shape)}-D); expected 1-D (N,) labels"
-            )
+            raise error(f"{y_key} has shape {y_shape} ({len(y_shape)}-D); expected 1-D (N,) labels")
         if x_shape[0] != y_shape[0]:
-            raise DatasetError(
+            raise error(
                 f"{x_key} holds {x_shape[0]} examples but {y_key} holds {y_shape[0]} labels; "
                 "their first dimensions must match"
             )
         if x_shape[0] == 0:
-            raise DatasetError(f"{x_key} is empty (0 examples); each split needs at least one")
+            raise error(f"{x_key} is empty (0 examples); each split needs at least one")
         example, _ = _example_shape(x_shape, sequences=layout == "NCL")
         if min(example) == 0:
-            raise DatasetError(f"{x_key} has shape {x_shape}; example dimensions must be non-empty")
+            raise error(f"{x_key} has shape {x_shape}; example dimensions must be non-empty")
         if len(example) == 3:
             limits.check_image_side(x_key, example[1], example[2])
         example_shapes[split] = example
@@ -301,10 +345,17 @@ def _check_headers(
             f"shape {example_shapes['val']}; train and validation examples must have the same "
             "shape"
         )
-    limits.check_examples("the dataset", headers["x_train"].shape[0] + headers["x_val"].shape[0])
+    if "test" in example_shapes and example_shapes["test"] != example_shapes["train"]:
+        raise SplitError(
+            f"x_test examples have shape {example_shapes['test']} but x_train examples have "
+            f"shape {example_shapes['train']}; test examples must have the training examples' "
+            "shape"
+        )
+    limits.check_examples(
+        "the dataset", sum(headers[f"x_{split}"].shape[0] for split in example_shapes)
+    )
     decoded = sum(
-        int(np.prod(headers[key].shape, dtype=np.int64)) * _itemsize(headers[key])
-        for key in ARRAY_KEYS
+        int(np.prod(headers[key].shape, dtype=np.int64)) * _itemsize(headers[key]) for key in keys
     )
     if decoded > limits.max_decoded_bytes:
         raise DataLimitError(

@@ -2,14 +2,22 @@
 
 Every problem with a user's data surfaces as a :class:`DatasetError` (a ``ValueError``) whose
 message names the offending key, file or value and says what was expected. Callers that want to
-map failures onto HTTP codes can tell the subclasses apart.
+map failures onto HTTP codes can tell the subclasses apart, or read the stable ``code`` each
+class carries.
 """
 
 from __future__ import annotations
 
 from worker.errors import WorkerError
 
-__all__ = ["DataLimitError", "DataPathError", "DatasetError", "UnsafePickleError"]
+__all__ = [
+    "DataLimitError",
+    "DataPathError",
+    "DatasetError",
+    "MissingDatasetPackageError",
+    "SplitError",
+    "UnsafePickleError",
+]
 
 
 class DatasetError(WorkerError, ValueError):
@@ -35,3 +43,23 @@ class UnsafePickleError(DatasetError):
     """A pickle asked for a global outside the small set needed to rebuild numpy arrays."""
 
     code = "unsafe_pickle"
+
+
+class SplitError(DatasetError):
+    """The train/val/test splits a source declares do not fit together.
+
+    ``x_test`` without ``y_test`` (or of another image shape), an empty ``test/`` folder, a
+    class in ``val/`` or ``test/`` that ``train/`` lacks.
+    """
+
+    code = "dataset_split_invalid"
+
+
+class MissingDatasetPackageError(DatasetError):
+    """A built-in dataset's files are not installed; ``package`` names what provides them."""
+
+    code = "dataset_package_missing"
+
+    def __init__(self, message: str, *, package: str) -> None:
+        super().__init__(message)
+        self.package = package

@@ -19,8 +19,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from worker.search import SEED_ATTR, best_feasible
-from worker.search._study import INTERRUPTED_ATTR, requeue_seed
+from worker.search import INTERRUPTED_ATTR, SEED_ATTR, best_feasible, requeue_seed
 
 __all__ = [
     "INTERRUPTED_ATTR",

@@ -12,6 +12,10 @@ but a SIGKILL can land in it, and the trial would then block its budget slot for
 reaper fails such a trial too once it has seen it RUNNING without any heartbeat for
 ``silent_after`` seconds (by its own clock, so clock skew between machines does not matter),
 and retries it like a stale one.
+
+The reaper reads the job table through the :class:`~service.store.Store` and Optuna's heartbeat
+table through :mod:`service.store.optuna_tables`. While the database is unreachable it says so
+(once per outage), whatever error a library wrapped the outage in.
 """
 
 from __future__ import annotations
@@ -26,10 +30,9 @@ from collections.abc import Callable, Collection
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
-from sqlalchemy import select
 
-from service.store import JobRecord, JobStatus, Store, read_only
-from service.store.models import Job
+from service.store import JobRecord, JobStatus, Store, describe_outage
+from service.store.optuna_tables import trials_with_heartbeat
 from worker.pool._budget import count
 from worker.structured_logs import log_event
 
@@ -39,14 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 def searching_job_ids(store: Store) -> list[str]:
-    """Ids of the SEARCHING jobs, oldest first (a read-only query of the job table)."""
-    with read_only(store.engine).connect() as conn:
-        rows = conn.execute(
-            select(Job.id)
-            .where(Job.status == JobStatus.SEARCHING.value)
-            .order_by(Job.created_at, Job.id)
-        )
-        return [str(row[0]) for row in rows]
+    """Ids of the SEARCHING jobs, oldest first (:meth:`Store.searching_job_ids`)."""
+    return store.searching_job_ids()
 
 
 def with_heartbeat(storage: optuna.storages.BaseStorage, trial_ids: Collection[int]) -> set[int]:
@@ -54,12 +51,7 @@ def with_heartbeat(storage: optuna.storages.BaseStorage, trial_ids: Collection[i
     the storage is not Optuna's RDB storage)."""
     if not trial_ids or not isinstance(storage, optuna.storages.RDBStorage):
         return set(trial_ids)
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-
-    column = TrialHeartbeatModel.trial_id
-    with storage.engine.connect() as conn:
-        rows = conn.execute(select(column).where(column.in_(list(trial_ids))))
-        return {int(row[0]) for row in rows}
+    return trials_with_heartbeat(storage.engine, trial_ids)
 
 
 class Reaper:
@@ -86,6 +78,7 @@ class Reaper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = False
 
     def start(self) -> None:
         if self._thread is not None:
@@ -102,9 +95,21 @@ class Reaper:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.reap_once()
-            except Exception as exc:  # never let the reaper die of a database hiccup
+            self.reap_logged()
+
+    def reap_logged(self) -> bool:
+        """:meth:`reap_once`, logging instead of raising (the reaper must never die of a
+        database hiccup); False when it failed.
+
+        While the database is unreachable (a server restarting, connections refused) that is
+        logged once, saying so (``reaper_db_unavailable``), whatever a library wrapped the
+        error in, and once more when the database answers again (``reaper_db_reconnected``).
+        """
+        try:
+            self.reap_once()
+        except Exception as exc:
+            outage = describe_outage(exc)
+            if outage is None:
                 log_event(
                     logger,
                     logging.WARNING,
@@ -112,6 +117,26 @@ class Reaper:
                     f"reaping stale trials failed: {type(exc).__name__}: {exc}",
                     worker=self.worker_id,
                 )
+            elif not self._outage:
+                self._outage = True
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "reaper_db_unavailable",
+                    f"reaping stale trials paused: {outage}; retrying every {self.interval:g}s",
+                    worker=self.worker_id,
+                )
+            return False
+        if self._outage:
+            self._outage = False
+            log_event(
+                logger,
+                logging.INFO,
+                "reaper_db_reconnected",
+                "the database answers again; reaping stale trials resumed",
+                worker=self.worker_id,
+            )
+        return True
 
     def _study(self, job: JobRecord) -> optuna.Study | None:
         study = self._studies.get(job.id)

@@ -5,11 +5,12 @@ One iteration (:meth:`Worker.run_once`):
 1. :meth:`Store.claim` hands out, most urgent first, a cancelled job to clean up (its Optuna
    study is deleted), a finalize or prepare phase whose lease died, a search whose budget is
    spent (finalize), or the oldest queued job (prepare). Leased phases run with a
-   :class:`LeaseKeeper` renewing the lease every ``heartbeat_seconds``.
+   :class:`LeaseKeeper` renewing the lease every ``heartbeat_seconds``, inside
+   :func:`~worker.pool._phases.leased_phase` (:mod:`worker.pool._phases`).
 2. Otherwise :meth:`Store.next_search_job` names the SEARCHING job served least recently
    (round-robin across jobs), and the worker runs exactly one trial of it through the shared
-   study, then publishes the job's progress. The worker that sees the budget spent with no
-   trial running claims the finalize phase itself.
+   study (:class:`~worker.pool._trial.TrialRun`), then publishes the job's progress. The
+   worker that sees the budget spent with no trial running claims the finalize phase itself.
 
 The budget is enforced against the study (see :mod:`worker.pool._budget`); a worker that
 dies mid-trial is covered by Optuna's trial heartbeat and the reaper (:mod:`worker.pool._reaper`,
@@ -23,16 +24,15 @@ finalize phase gives its lease back at the next epoch boundary so another worker
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 
@@ -41,39 +41,29 @@ from service.store import (
     Claim,
     JobRecord,
     JobStatus,
-    LeaseLost,
     Store,
     is_database_unavailable,
 )
-from worker.pool._budget import (
-    INTERRUPTED_ATTR,
-    Counts,
-    best_of,
-    count,
-    over_budget,
-    requeue_interrupted,
-)
+from worker.pool._budget import Counts, best_of, count, requeue_interrupted
 from worker.pool._context import ContextCache, JobContext, PoolContext, worker_seed
 from worker.pool._inputs import BadInput, load_inputs, parse_spec, search_config_from_spec
-from worker.pool._lease import LeaseKeeper, PhaseInterrupted
-from worker.pool._publish import publish_results
+from worker.pool._phases import cleanup_cancelled
+from worker.pool._phases import finalize as finalize_phase
+from worker.pool._phases import prepare as prepare_phase
 from worker.pool._reaper import Reaper
 from worker.pool._storage import (
-    WORKER_ATTR,
     delete_study_if_exists,
     heartbeat_interval,
     optuna_storage,
     study_exists,
 )
-from worker.search import make_objective, open_study, prepare
-from worker.search._study import SearchStopped, make_sampler
+from worker.pool._trial import TrialOutcome, TrialRun, frozen_trial
+from worker.search import make_sampler, open_study, prepare
 from worker.structured_logs import log_event, quiet_optuna
 from worker.training import resolve_device
 
 __all__ = [
     "MAX_DB_BACKOFF_S",
-    "OverBudget",
-    "TrialOutcome",
     "Worker",
     "db_backoff",
     "default_worker_id",
@@ -103,22 +93,6 @@ def _first_line(exc: BaseException) -> str:
 def default_worker_id(index: int = 0) -> str:
     """``<hostname>-<pid>-<index>``."""
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
-
-
-class OverBudget(SearchStopped):
-    """Raised inside a trial that started when the budget was already taken."""
-
-
-OutcomeKind = Literal["none", "complete", "pruned", "failed", "stopped", "over_budget", "error"]
-
-
-@dataclass
-class TrialOutcome:
-    """How one trial of :meth:`Worker.run_trial` ended."""
-
-    kind: OutcomeKind = "none"
-    number: int | None = None
-    error: str | None = None
 
 
 class Worker:
@@ -158,7 +132,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         self._abort = threading.Event()
-        self._cache = ContextCache(max_cached_jobs)
+        self.cache = ContextCache(max_cached_jobs)
         self._skip: dict[str, float] = {}
         self._storage: optuna.storages.RDBStorage | None = None
         self._storage_lock = threading.Lock()
@@ -179,10 +153,15 @@ class Worker:
                 self._storage = optuna_storage(self.settings)
             return self._storage
 
-    def _log(
+    def log(
         self, level: int, event: str, message: str, job: str | None = None, **fields: Any
     ) -> None:
         log_event(logger, level, event, message, worker=self.worker_id, job=job, **fields)
+
+    @property
+    def aborted(self) -> bool:
+        """Whether :meth:`abort` was called (a prepare phase then gives its lease back)."""
+        return self._abort.is_set()
 
     def abort(self) -> None:
         """Stop as soon as possible: like :attr:`stop_event`, and a prepare phase in progress
@@ -208,7 +187,7 @@ class Worker:
         :data:`MAX_DB_BACKOFF_S`; the pools' pre-ping reconnects once the database is back.
         Any other error is logged and the loop goes on.
         """
-        self._log(
+        self.log(
             logging.INFO, "worker_started", f"worker started on {self.device}", device=self.device
         )
         self.reaper.start()
@@ -225,7 +204,7 @@ class Worker:
                     if is_database_unavailable(exc):
                         outages += 1
                         wait = db_backoff(self.poll_interval, outages)
-                        self._log(
+                        self.log(
                             logging.WARNING,
                             "database_unavailable",
                             f"the database is not reachable ({type(exc).__name__}: "
@@ -234,7 +213,7 @@ class Worker:
                             retry_in_s=round(wait, 3),
                         )
                     else:
-                        self._log(
+                        self.log(
                             logging.ERROR,
                             "loop_error",
                             f"unexpected error, retrying: {type(exc).__name__}: {exc}",
@@ -242,7 +221,7 @@ class Worker:
                         )
                 else:
                     if outages:
-                        self._log(
+                        self.log(
                             logging.INFO,
                             "database_reconnected",
                             f"the database answers again after {outages} failed attempt(s)",
@@ -254,7 +233,7 @@ class Worker:
                     self.stop_event.wait(wait)
         finally:
             self.reaper.stop()
-            self._log(logging.INFO, "worker_stopped", "worker stopped")
+            self.log(logging.INFO, "worker_stopped", "worker stopped")
 
     def run_once(self) -> bool:
         """Do one piece of work: a claimed phase, or one trial. False when there was none."""
@@ -271,13 +250,13 @@ class Worker:
 
     def _sweep_cache(self) -> None:
         """Forget jobs that are no longer searching (finished, failed, cancelled elsewhere)."""
-        for job_id in self._cache.job_ids():
+        for job_id in self.cache.job_ids():
             try:
                 status = self.store.load_job(job_id).status
             except Exception:
                 status = None
             if status not in (JobStatus.SEARCHING, JobStatus.FINALIZING):
-                self._cache.evict(job_id)
+                self.cache.evict(job_id)
 
     def search_step(self) -> bool:
         """Run one trial of the next SEARCHING job that has room for one."""
@@ -294,7 +273,7 @@ class Worker:
         return False
 
     # ------------------------------------------------------------------ contexts
-    def _build_context(
+    def build_context(
         self, job: JobRecord, *, create: bool, check: Callable[[], None] = lambda: None
     ) -> JobContext | None:
         """Load the job's inputs, prepare the search context and open the study.
@@ -313,7 +292,7 @@ class Worker:
         storage = self.storage
         if create:
             if delete_study_if_exists(storage, job.study_name):
-                self._log(
+                self.log(
                     logging.INFO, "study_replaced", "deleted an earlier attempt's study", job.id
                 )
         elif not study_exists(storage, job.study_name):
@@ -324,7 +303,7 @@ class Worker:
         finally:
             ctx.interrupt = None
         study.sampler = make_sampler(replace(config, seed=worker_seed(config.seed, self.worker_id)))
-        self._log(
+        self.log(
             logging.INFO,
             "context_ready",
             f"{'prepared' if create else 'loaded'} {spec.arch} on {inputs.data.name}: baseline "
@@ -345,21 +324,21 @@ class Worker:
 
     def _search_context(self, job: JobRecord) -> JobContext | None:
         """The cached context of a job to search, built on first use (None: skip the job)."""
-        jc = self._cache.get(job.id)
+        jc = self.cache.get(job.id)
         if jc is not None:
             return jc
         try:
-            jc = self._build_context(job, create=False)
+            jc = self.build_context(job, create=False)
         except BadInput as exc:
             # prepare succeeded with these inputs elsewhere: this worker is set up differently
             # (allow-lists, data roots) or a file vanished. Leave the job to the others.
-            self._log(logging.ERROR, "join_failed", f"cannot load the job here: {exc}", job.id)
+            self.log(logging.ERROR, "join_failed", f"cannot load the job here: {exc}", job.id)
             self._skip[job.id] = time.monotonic() + SKIP_JOB_S
             return None
         except Exception as exc:
             if is_database_unavailable(exc):
                 raise  # not this job's fault: the loop backs off and tries again
-            self._log(
+            self.log(
                 logging.ERROR,
                 "join_failed",
                 f"cannot load the job here: {type(exc).__name__}: {exc}",
@@ -369,7 +348,7 @@ class Worker:
             self._skip[job.id] = time.monotonic() + SKIP_JOB_S
             return None
         if jc is not None:
-            self._cache.put(jc)
+            self.cache.put(jc)
         return jc
 
     # ------------------------------------------------------------------ search
@@ -401,13 +380,13 @@ class Worker:
         )
         return counts, searching
 
-    def _trial_should_stop(self, job_id: str) -> bool:
+    def trial_should_stop(self, job_id: str) -> bool:
         if self.stop_event.is_set():
             return True
         try:
             return self.store.should_stop(job_id)
         except Exception as exc:  # keep training through a database hiccup
-            self._log(logging.WARNING, "poll_failed", f"cancel poll failed: {exc}", job_id)
+            self.log(logging.WARNING, "poll_failed", f"cancel poll failed: {exc}", job_id)
             return False
 
     def run_trial(self, job: JobRecord) -> bool:
@@ -420,7 +399,7 @@ class Worker:
         try:
             counts = count(jc.study)
         except KeyError:  # the study was deleted: the job is being cancelled
-            self._cache.evict(job.id)
+            self.cache.evict(job.id)
             return False
         if counts.done + counts.running >= budget or self._deadline_passed(job):
             counts, searching = self.publish_progress(job, jc)
@@ -431,82 +410,14 @@ class Worker:
             ):
                 return self.finalize_now(job.id)
             if not searching:
-                self._cache.evict(job.id)
+                self.cache.evict(job.id)
             return False
         outcome = self._one_trial(job, jc, budget)
         self._after_trial(job, jc, outcome)
         return True
 
     def _one_trial(self, job: JobRecord, jc: JobContext, budget: int) -> TrialOutcome:
-        outcome = TrialOutcome()
-        objective = make_objective(jc.ctx, should_stop=lambda: self._trial_should_stop(job.id))
-
-        def attempt(trial: optuna.Trial) -> float | tuple[float, float]:
-            outcome.number = trial.number
-            trial.set_user_attr(WORKER_ATTR, self.worker_id)
-            if trial.user_attrs.get(INTERRUPTED_ATTR):  # a requeued plan keeps no old verdict
-                trial.set_user_attr(INTERRUPTED_ATTR, False)
-            trials = jc.study.get_trials(deepcopy=False)
-            if over_budget(trials, trial.number, budget):
-                outcome.kind = "over_budget"
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
-                raise OverBudget(trial.number)
-            _, searching = self.publish_progress(job, jc)
-            if not searching or self.stop_event.is_set():
-                outcome.kind = "stopped"
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
-                raise SearchStopped(trial.number)
-            self._log(
-                logging.INFO,
-                "trial_started",
-                f"trial {trial.number} started",
-                job.id,
-                trial=trial.number,
-            )
-            try:
-                value = objective(trial)
-            except optuna.TrialPruned:
-                outcome.kind = "pruned"
-                raise
-            except SearchStopped:
-                outcome.kind = "stopped"
-                raise
-            except Exception as exc:
-                outcome.kind = "failed"
-                outcome.error = f"{type(exc).__name__}: {exc}"
-                raise
-            outcome.kind = "complete"
-            return value
-
-        def run(trial: optuna.Trial) -> float | tuple[float, float]:
-            try:
-                return attempt(trial)
-            except Exception as exc:
-                if outcome.kind in ("none", "failed") and is_database_unavailable(exc):
-                    # Not the plan's fault: the trial is interrupted (not counted) and its plan
-                    # queued again, like a stopped one. If the database is still down, Optuna
-                    # cannot record the trial's end either; its heartbeat then stops and the
-                    # reaper fails and retries it.
-                    outcome.kind = "stopped"
-                    outcome.error = f"database unavailable: {type(exc).__name__}: {exc}"
-                    with contextlib.suppress(Exception):
-                        trial.set_user_attr(INTERRUPTED_ATTR, True)
-                raise
-
-        try:
-            jc.study.optimize(run, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        except Exception as exc:  # storage trouble while telling Optuna the result
-            outcome.kind = "error"
-            outcome.error = f"{type(exc).__name__}: {exc}"
-        return outcome
-
-    def _frozen(self, jc: JobContext, number: int | None) -> optuna.trial.FrozenTrial | None:
-        if number is None:
-            return None
-        for trial in jc.study.get_trials(deepcopy=False):
-            if trial.number == number:
-                return trial
-        return None
+        return TrialRun(self, job, jc, budget).run()
 
     def _after_trial(self, job: JobRecord, jc: JobContext, outcome: TrialOutcome) -> None:
         fields: dict[str, Any] = {"trial": outcome.number, "outcome": outcome.kind}
@@ -515,10 +426,10 @@ class Worker:
             f": {outcome.error}" if outcome.error else ""
         )
         if self.store.should_stop(job.id):  # cancelled, failed or deleted meanwhile
-            self._cache.evict(job.id)
-            self._log(level, "trial_finished", message + " (the job is stopping)", job.id, **fields)
+            self.cache.evict(job.id)
+            self.log(level, "trial_finished", message + " (the job is stopping)", job.id, **fields)
             return
-        trial = self._frozen(jc, outcome.number)
+        trial = frozen_trial(jc, outcome.number)
         if trial is not None:
             fields["state"] = trial.state.name
             if outcome.kind in ("complete", "pruned"):
@@ -526,7 +437,7 @@ class Worker:
                 fields["accuracy"] = trial.user_attrs.get("accuracy")
             if outcome.kind in ("stopped", "over_budget"):
                 requeue_interrupted(jc.study, trial)
-        self._log(level, "trial_finished", message, job.id, **fields)
+        self.log(level, "trial_finished", message, job.id, **fields)
         if outcome.kind == "failed":
             record = self.store.record_trial_failure(
                 job.id,
@@ -534,8 +445,8 @@ class Worker:
                 max_failures=self.settings.max_trial_failures,
             )
             if record.status is JobStatus.FAILED:
-                self._log(logging.ERROR, "job_failed", record.error_message or "", job.id)
-                self._cache.evict(job.id)
+                self.log(logging.ERROR, "job_failed", record.error_message or "", job.id)
+                self.cache.evict(job.id)
                 return
         counts, searching = self.publish_progress(job, jc)
         if not searching:
@@ -556,13 +467,15 @@ class Worker:
     # ------------------------------------------------------------------ leased phases
     def handle_claim(self, claim: Claim) -> None:
         """Run a claimed phase."""
-        self._log(
+        self.log(
             logging.INFO,
             "claimed",
             f"claimed {claim.kind} (attempt {claim.job.attempts})",
             claim.job.id,
             kind=claim.kind,
             attempt=claim.job.attempts,
+            phase_errors=claim.job.phase_errors,
+            lost_leases=claim.job.lost_leases,
         )
         if claim.kind == "cancel":
             self.cleanup_cancelled(claim.job)
@@ -573,160 +486,12 @@ class Worker:
 
     def cleanup_cancelled(self, job: JobRecord) -> None:
         """Forget a cancelled job and delete its Optuna study."""
-        self._cache.evict(job.id)
-        try:
-            deleted = delete_study_if_exists(self.storage, job.study_name)
-        except Exception as exc:
-            self._log(
-                logging.WARNING, "cleanup_failed", f"could not delete the study: {exc}", job.id
-            )
-            return
-        self._log(
-            logging.INFO,
-            "job_cancelled",
-            "cancelled" + ("; study deleted" if deleted else ""),
-            job.id,
-        )
-
-    def _lease(self, job: JobRecord) -> LeaseKeeper:
-        return LeaseKeeper(self.store, job.id, self.worker_id, self.settings.heartbeat_seconds)
+        cleanup_cancelled(self, job)
 
     def prepare(self, claim: Claim) -> None:
         """The prepare phase: inputs, baseline, inventory, EVBMF, study with seeds."""
-        job = claim.job
-        with self._lease(job) as lease:
-            try:
-                jc = self._build_context(
-                    job, create=True, check=lambda: lease.check(shutdown=self._abort.is_set())
-                )
-                assert jc is not None
-                lease.check(shutdown=self._abort.is_set())
-                self.store.finish_prepare(
-                    job.id, self.worker_id, jc.ctx.baseline_accuracy, trials_done=0
-                )
-            except BadInput as exc:
-                self._fail(job, exc)
-                return
-            except (PhaseInterrupted, LeaseLost) as exc:
-                self._interrupted(job, lease, exc, "prepare")
-                return
-            except Exception as exc:
-                self._release(job, "prepare", exc)
-                return
-        self._cache.put(jc)
-        self._log(
-            logging.INFO,
-            "prepared",
-            f"searching: {job.trials_total} trials",
-            job.id,
-            baseline_accuracy=jc.ctx.baseline_accuracy,
-        )
+        prepare_phase(self, claim)
 
     def finalize(self, claim: Claim) -> None:
         """The finalize phase: long fine-tune of the best plans, artifacts, result."""
-        job = claim.job
-        jc: JobContext | None = None
-        with self._lease(job) as lease:
-            try:
-
-                def check() -> None:
-                    # Between epochs: a shutdown hands the (long) phase back.
-                    lease.check(shutdown=self.stop_event.is_set())
-
-                def before_publish() -> None:
-                    # The work is done: publish it even when shutting down, unless the
-                    # lease is gone (LeaseLost) or the job was cancelled.
-                    lease.beat()
-                    lease.check()
-
-                jc = self._cache.get(job.id) or self._build_context(job, create=False, check=check)
-                if jc is None:
-                    raise BadInput("the job's search results are gone (its study was deleted)")
-                jc.ctx.interrupt = check
-                try:
-                    result = publish_results(
-                        self.settings, self.store, jc, self.worker_id, before_publish=before_publish
-                    )
-                finally:
-                    jc.ctx.interrupt = None
-                lease.check()
-                self.store.finish_job(job.id, self.worker_id, result)
-            except BadInput as exc:
-                self._fail(job, exc)
-                return
-            except (PhaseInterrupted, LeaseLost) as exc:
-                self._interrupted(job, lease, exc, "finalize")
-                return
-            except Exception as exc:
-                self._release(job, "finalize", exc)
-                return
-            finally:
-                self._cache.evict(job.id)
-        final = result.get("final", {})
-        self._log(
-            logging.INFO,
-            "job_succeeded",
-            f"finalised: accuracy {final.get('accuracy')}, params ratio "
-            f"{result.get('ratios', {}).get('params')}",
-            job.id,
-        )
-
-    def _fail(self, job: JobRecord, exc: BadInput) -> None:
-        self._log(logging.WARNING, "bad_input", str(exc), job.id)
-        self._cache.evict(job.id)
-        try:
-            self.store.fail_job(job.id, self.worker_id, exc.code, str(exc))
-        except LeaseLost as lost:
-            self._log(
-                logging.WARNING, "lease_lost", f"could not fail the job: {lost.detail}", job.id
-            )
-
-    def _release(self, job: JobRecord, phase: str, exc: BaseException) -> None:
-        message = f"{phase} failed on worker {self.worker_id}: {type(exc).__name__}: {exc}"
-        self._log(logging.ERROR, f"{phase}_error", message, job.id, exc_info=True)
-        self._cache.evict(job.id)
-        try:
-            self.store.release_lease(job.id, self.worker_id, message)
-        except LeaseLost as lost:
-            self._log(logging.WARNING, "lease_lost", lost.detail, job.id)
-
-    def _interrupted(
-        self, job: JobRecord, lease: LeaseKeeper, exc: PhaseInterrupted | LeaseLost, phase: str
-    ) -> None:
-        self._cache.evict(job.id)
-        reason = exc.reason if isinstance(exc, PhaseInterrupted) else "lease_lost"
-        if reason == "lease_lost":
-            try:  # a write refused because the job moved to CANCELLING under our lease?
-                current = self.store.load_job(job.id)
-            except Exception:
-                current = None
-            if (
-                current is not None
-                and current.status is JobStatus.CANCELLING
-                and current.lease_owner == self.worker_id
-            ):
-                reason = "cancelled"
-        if reason == "cancelled":
-            try:
-                self.store.mark_cancelled(job.id, self.worker_id)
-            except LeaseLost as lost:
-                self._log(logging.WARNING, "lease_lost", lost.detail, job.id)
-                return
-            self.cleanup_cancelled(job)
-        elif reason == "shutdown":
-            message = (
-                f"worker {self.worker_id} shut down during {phase}; another worker takes it over"
-            )
-            self._log(logging.INFO, "released", message, job.id)
-            try:
-                self.store.release_lease(job.id, self.worker_id, message)
-            except LeaseLost as lost:
-                self._log(logging.WARNING, "lease_lost", lost.detail, job.id)
-        else:
-            detail = exc.detail if isinstance(exc, (PhaseInterrupted, LeaseLost)) else str(exc)
-            self._log(
-                logging.WARNING,
-                "lease_lost",
-                f"stopped {phase} without writing anything more: {detail}",
-                job.id,
-            )
+        finalize_phase(self, claim)

@@ -17,14 +17,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.search._space import evbmf_params, plan_from_params
 from worker.training import ScheduleConfig
 
 if TYPE_CHECKING:
-    from worker.search._context import SearchContext
+    from torch import nn
+
+    from tensorops import Plan
+    from worker.training import FinetuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +84,38 @@ def choose_scale(accuracies: tuple[tuple[float, float], ...]) -> float:
     return best_scale
 
 
-def calibrate_lr(ctx: SearchContext) -> LrCalibration:
-    """Fine-tune the EVBMF plan at each of ``ctx.config.lr_scales`` and pick the best."""
-    config = ctx.config
-    if len(config.lr_scales) == 1:
-        return LrCalibration(scale=float(config.lr_scales[0]))
+class FineTune(Protocol):
+    """Fine-tunes ``model`` in place with the search's schedule, rates times ``lr_scale``
+    (:meth:`worker.search.SearchContext.finetune`)."""
+
+    def __call__(
+        self, model: nn.Module, *, epochs: int, seed: int, lr_scale: float | None = None
+    ) -> FinetuneResult: ...
+
+
+def calibrate_lr(
+    scales: Sequence[float],
+    plan: Callable[[], Plan],
+    *,
+    compress: Callable[[Plan], nn.Module],
+    finetune: FineTune,
+    epochs: int,
+    seed: int,
+) -> LrCalibration:
+    """Fine-tune ``plan()`` (the EVBMF plan, built only when there is something to measure)
+    for ``epochs`` at each multiplier of ``scales`` and pick the best.
+
+    ``compress`` applies a plan to a fresh copy of the original model; ``finetune`` trains it.
+    One multiplier measures nothing.
+    """
+    if len(scales) == 1:
+        return LrCalibration(scale=float(scales[0]))
     started = time.perf_counter()
-    plan = plan_from_params(
-        ctx.model, ctx.spaces, evbmf_params(ctx.spaces, ctx.layers, config), config
-    )
+    calibration_plan = plan()
     scored: list[tuple[float, float]] = []
-    for scale in config.lr_scales:
-        model = ctx.compress(plan)
-        fit = ctx.finetune(model, epochs=config.epochs_per_trial, seed=config.seed, lr_scale=scale)
+    for scale in scales:
+        model = compress(calibration_plan)
+        fit = finetune(model, epochs=epochs, seed=seed, lr_scale=scale)
         accuracy = float("nan") if fit.status == "diverged" else float(fit.final_val_accuracy)
         scored.append((float(scale), accuracy))
         logger.info(
@@ -101,7 +123,7 @@ def calibrate_lr(ctx: SearchContext) -> LrCalibration:
             "%.4f validation accuracy after %d epoch(s)",
             scale,
             accuracy,
-            config.epochs_per_trial,
+            epochs,
         )
     pairs = tuple(scored)
     result = LrCalibration(

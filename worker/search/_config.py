@@ -101,12 +101,21 @@ class SearchConfig:
     batches, and which factorised layers pay off differs). A candidate's speed-up is measured
     interleaved with the original, ``latency_repeats`` rounds (see
     :func:`worker.search.measure_speedup`).
+
+    ``max_latency_ratio`` (None: none) is a second constraint, whatever the objective: the
+    chosen model's latency at ``latency_batch_size`` must not exceed the original's times this
+    (1.0: no slower). The original's latency is then measured too, every completed trial gets
+    its latency measured as above, and a trial over the limit is infeasible (an Optuna
+    constraint, like the accuracy one). Verification and spending re-measure each candidate
+    after its final fine-tune and never choose one over the limit; when none is within both
+    constraints the original model is kept, and the report says so.
     """
 
     trials: int = DEFAULTS.trials
     timeout_s: float | None = DEFAULTS.timeout_s
     max_accuracy_drop: float = DEFAULTS.max_accuracy_drop
     objective: Objective = DEFAULTS.objective
+    max_latency_ratio: float | None = DEFAULTS.max_latency_ratio
     pareto: bool = DEFAULTS.pareto
     sampler: SamplerName = DEFAULTS.sampler
     pruner: PrunerName = DEFAULTS.pruner
@@ -148,6 +157,8 @@ class SearchConfig:
             raise ValueError(
                 f"max_accuracy_drop is in points, 0..100; got {self.max_accuracy_drop}"
             )
+        if self.max_latency_ratio is not None and not 0 < self.max_latency_ratio < math.inf:
+            raise ValueError(f"max_latency_ratio must be > 0 or None, got {self.max_latency_ratio}")
         for name, value, allowed in (
             ("objective", self.objective, OBJECTIVES),
             ("sampler", self.sampler, SAMPLERS),

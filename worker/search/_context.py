@@ -16,7 +16,7 @@ from worker.search._config import SearchConfig
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._layer_latency import layer_speedups
 from worker.search._sensitivity import layer_sensitivity
-from worker.search._space import LayerSpace, build_space
+from worker.search._space import LayerSpace, build_space, evbmf_params, plan_from_params
 from worker.training import (
     EpochCallback,
     FinetuneResult,
@@ -59,7 +59,17 @@ class SearchContext:
     def calibrate_lr(self) -> LrCalibration:
         """Measure the learning-rate multiplier for this model (see
         :mod:`worker.search._calibrate`) and use it from now on."""
-        self.lr_calibration = calibrate_lr(self)
+        config = self.config
+        self.lr_calibration = calibrate_lr(
+            config.lr_scales,
+            lambda: plan_from_params(
+                self.model, self.spaces, evbmf_params(self.spaces, self.layers, config), config
+            ),
+            compress=self.compress,
+            finetune=self.finetune,
+            epochs=config.epochs_per_trial,
+            seed=config.seed,
+        )
         self.model.to("cpu")
         return self.lr_calibration
 
@@ -110,6 +120,25 @@ class SearchContext:
     def plan_cost(self, plan: Plan) -> Cost:
         return estimate_cost(self.layers, plan, total=self.baseline_cost)
 
+    @property
+    def times_latency(self) -> bool:
+        """Whether trials and candidates get their latency measured: for the latency
+        objective or the ``max_latency_ratio`` constraint."""
+        return self.config.objective == "latency" or self.config.max_latency_ratio is not None
+
+    def latency_ratio(self, latency: float) -> float:
+        """``latency`` as a multiple of the original's (under 1: faster)."""
+        if self.baseline_latency is None:
+            raise ValueError("the original's latency was not measured")
+        return latency / self.baseline_latency
+
+    def latency_met(self, latency: float | None) -> bool | None:
+        """Whether ``latency`` is within ``max_latency_ratio`` (None: no such constraint)."""
+        limit = self.config.max_latency_ratio
+        if limit is None:
+            return None
+        return latency is not None and self.latency_ratio(latency) <= limit
+
     def compression(self, plan: Plan, latency: float | None = None) -> float:
         """Ratio of the original's cost to the plan's (higher is smaller)."""
         if self.config.objective == "latency":
@@ -156,8 +185,8 @@ class SearchContext:
     def latency(self, model: nn.Module) -> float:
         """Seconds per forward pass of the latency batch, in the baseline's conditions.
 
-        With a measured baseline (objective ``latency``) this is ``baseline_latency`` divided
-        by ``model``'s speed-up over the original, the two timed interleaved
+        With a measured baseline (objective ``latency`` or a latency constraint) this is
+        ``baseline_latency`` divided by ``model``'s speed-up over the original, timed interleaved
         (:func:`measure_speedup`), so that a change in machine load between the baseline's
         measurement and this one does not pass for a faster or slower model. Without one, a
         plain median.
@@ -183,7 +212,7 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
     spaces = build_space(model, layers, config)
     timing_example = batch_of(data, config.latency_batch_size)
     latency = None
-    if config.objective == "latency":
+    if config.objective == "latency" or config.max_latency_ratio is not None:
         latency = measure_latency(
             model, timing_example, device=device, repeats=config.latency_repeats
         )

@@ -14,7 +14,14 @@ from worker.search._context import SearchContext
 from worker.search._pruning import ACCURACY_ATTR
 from worker.search._push import push_best
 from worker.search._space import plan_from_params
-from worker.search._study import INTERRUPTED_ATTR, SEED_ATTR, SearchStopped, record_constraint
+from worker.search._study import (
+    INTERRUPTED_ATTR,
+    LATENCY_MET_ATTR,
+    LATENCY_RATIO_ATTR,
+    SEED_ATTR,
+    SearchStopped,
+    record_constraint,
+)
 from worker.training import EpochReport
 
 logger = logging.getLogger(__name__)
@@ -65,23 +72,40 @@ def make_objective(
             raise SearchStopped(trial.number)
         accuracy = result.final_val_accuracy
         drop = drop_points(ctx.baseline_accuracy, accuracy)
-        latency = ctx.latency(model) if config.objective == "latency" else None
+        latency = ctx.latency(model) if ctx.times_latency else None
         ratio = ctx.compression(plan, latency)
+        latency_ratio = ctx.latency_ratio(latency) if latency is not None else None
+        latency_met = ctx.latency_met(latency)
         trial.set_user_attr(ACCURACY_ATTR, accuracy)
         trial.set_user_attr("accuracy_drop", drop)
         trial.set_user_attr("compression", ratio)
         trial.set_user_attr("latency_s", latency)
+        trial.set_user_attr(LATENCY_RATIO_ATTR, latency_ratio)
+        trial.set_user_attr(LATENCY_MET_ATTR, latency_met)
         trial.set_user_attr("seconds", time.perf_counter() - started)
-        record_constraint(trial, drop - config.max_accuracy_drop)
-        push_best(
-            trial, params, ctx.spaces, config, compression=ratio, drop=drop, label_attr=SEED_ATTR
+        limit = config.max_latency_ratio
+        record_constraint(
+            trial,
+            drop - config.max_accuracy_drop,
+            latency_ratio - limit if limit is not None and latency_ratio is not None else None,
         )
+        if latency_met is not False:  # a plan over the latency limit is not worth pushing
+            push_best(
+                trial,
+                params,
+                ctx.spaces,
+                config,
+                compression=ratio,
+                drop=drop,
+                label_attr=SEED_ATTR,
+            )
         logger.info(
-            "trial %d: accuracy %.4f (drop %.2f pt), compression %.2fx",
+            "trial %d: accuracy %.4f (drop %.2f pt), compression %.2fx%s",
             trial.number,
             accuracy,
             drop,
             ratio,
+            "" if latency_ratio is None else f", latency x{latency_ratio:.3f} of the original's",
         )
         return (accuracy, ratio) if config.pareto else ratio
 

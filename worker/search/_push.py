@@ -21,8 +21,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tensorops import KEEP
+from worker.search._candidates import best_feasible
 from worker.search._config import SearchConfig
-from worker.search._finalize import best_feasible
 from worker.search._space import LayerSpace
 from worker.search._study import finished_trials
 

@@ -13,9 +13,10 @@ import optuna
 from torch import nn
 
 from worker.data import DataBundle
+from worker.search._candidates import best_feasible
 from worker.search._config import SearchConfig
 from worker.search._context import SearchContext, prepare
-from worker.search._finalize import SearchResult, best_feasible, finalize
+from worker.search._finalize import SearchResult, finalize
 from worker.search._objective import make_objective
 from worker.search._study import SearchStopped, finished_trials, open_study, requeue_seed
 

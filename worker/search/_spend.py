@@ -8,8 +8,10 @@ by a factor ``f`` and the result is fine-tuned exactly as the candidates were (t
 fine-tune is the judge, on the validation split); ``f`` is bisected in log space between
 ``LOW_FACTOR`` and 1 for ``config.spend_steps`` steps: a plan that meets the tolerance becomes
 the chosen one and the next step tries a smaller factor, a miss tries a larger one. Layers kept
-dense stay dense. The latency objective and Pareto searches are left alone (a smaller rank is
-not always faster, and a Pareto front has no single tolerance to spend).
+dense stay dense. With ``max_latency_ratio`` a step that meets the tolerance has its latency
+measured too, and one over the limit is never chosen (the bisection still follows accuracy).
+The latency objective and Pareto searches are left alone (a smaller rank is not always
+faster, and a Pareto front has no single tolerance to spend).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SpendResult:
     plan: Plan | None = None
     model: nn.Module | None = None
     result: EvalResult | None = None
+    latency: float | None = None  # of ``model``, measured for the latency constraint
     skipped: str | None = None
 
     def to_dict(self, margin_left: float) -> dict[str, Any]:
@@ -102,6 +105,9 @@ def spend_margin(
         result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         step_drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = fit.status != "diverged" and step_drop <= tolerance
+        latency = ctx.latency(model) if met and config.max_latency_ratio is not None else None
+        latency_met = ctx.latency_met(latency) if latency is not None else None
+        keep = met and latency_met is not False and compression > best_compression
         out.steps.append(
             {
                 "factor": factor,
@@ -109,7 +115,9 @@ def spend_margin(
                 "final_accuracy": result.accuracy,
                 "final_accuracy_drop": step_drop,
                 "fine_tune": fit.status,
-                "met": met,
+                "latency_ratio": ctx.latency_ratio(latency) if latency is not None else None,
+                "latency_met": latency_met,
+                "met": met and latency_met is not False,
             }
         )
         logger.info(
@@ -117,13 +125,14 @@ def spend_margin(
             factor,
             compression,
             step_drop,
-            "kept" if met and compression > best_compression else "rejected",
+            "kept" if keep else "rejected",
         )
         if met:
             high = factor
-            if compression > best_compression:
+            if keep:
                 best_compression = compression
                 out.plan, out.model, out.result = candidate, model, result
+                out.latency = latency
         else:
             low = factor
     return out

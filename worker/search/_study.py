@@ -17,8 +17,13 @@ from worker.search._seeds import seed_budget, seed_trials
 
 logger = logging.getLogger(__name__)
 
-#: User attribute carrying ``[accuracy_drop - max_accuracy_drop]``; <= 0 means feasible.
+#: User attribute carrying ``[accuracy_drop - max_accuracy_drop]``, followed by
+#: ``latency_ratio - max_latency_ratio`` when that constraint is set; all <= 0 means feasible.
 CONSTRAINT_ATTR = "constraint"
+#: User attribute: the trial's measured latency over the original's (None: not measured).
+LATENCY_RATIO_ATTR = "latency_ratio"
+#: User attribute: whether the trial is within ``max_latency_ratio`` (None: no constraint).
+LATENCY_MET_ATTR = "latency_met"
 SEED_ATTR = "seed"
 #: Set on trials stopped by a user's request or a crash; they do not use up the budget.
 INTERRUPTED_ATTR = "interrupted"
@@ -33,7 +38,8 @@ class SearchStopped(Exception):
 
 
 def constraints(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna constraint: accuracy drop minus the allowed drop (infeasible until measured)."""
+    """Optuna constraints: accuracy drop minus the allowed drop, then (with the latency
+    constraint) latency ratio minus the allowed ratio; infeasible until measured."""
     return list(trial.user_attrs.get(CONSTRAINT_ATTR, [float("inf")]))
 
 
@@ -42,11 +48,15 @@ def constraints(trial: FrozenTrial) -> Sequence[float]:
 NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
-def record_constraint(trial: optuna.Trial, value: float) -> None:
-    """Store ``accuracy_drop - max_accuracy_drop`` where this Optuna's samplers read it."""
-    trial.set_user_attr(CONSTRAINT_ATTR, [value])
+def record_constraint(trial: optuna.Trial, value: float, latency: float | None = None) -> None:
+    """Store ``accuracy_drop - max_accuracy_drop`` and, with the latency constraint,
+    ``latency_ratio - max_latency_ratio`` (``latency``) where this Optuna's samplers read them."""
+    values = [value] if latency is None else [value, latency]
+    trial.set_user_attr(CONSTRAINT_ATTR, values)
     if NATIVE_CONSTRAINTS:
         trial.set_constraint("accuracy_drop", value)
+        if latency is not None:
+            trial.set_constraint("latency_ratio", latency)
 
 
 def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from worker.training._batches import LoaderOptions, as_dataset, budget_indices
 from worker.training._device import resolve_device
-from worker.training._evaluate import EvalResult, evaluate, predict_logits
+from worker.training._distill import TABLE_MAX_BYTES, use_teacher_table
+from worker.training._evaluate import EvalResult, eval_indices, evaluate, predict_logits
 from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
 from worker.training._schedules import SCHEDULE_KINDS, ScheduleConfig, ScheduleKind, lr_at
@@ -12,20 +14,26 @@ from worker.training._train import TRAIN_SCHEDULES, TrainSchedule, train
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULE_KINDS",
+    "TABLE_MAX_BYTES",
     "TRAIN_SCHEDULES",
     "EpochCallback",
     "EpochReport",
     "EvalResult",
     "FinetuneResult",
     "FinetuneStatus",
+    "LoaderOptions",
     "OptimizerName",
     "ScheduleConfig",
     "ScheduleKind",
     "TrainSchedule",
+    "as_dataset",
+    "budget_indices",
+    "eval_indices",
     "evaluate",
     "finetune",
     "lr_at",
     "predict_logits",
     "resolve_device",
     "train",
+    "use_teacher_table",
 ]

@@ -1,4 +1,10 @@
-"""The fine-tuning loop: shuffled mini-batches, a per-step learning rate, per-epoch evaluation."""
+"""The fine-tuning loop: shuffled mini-batches, a per-step learning rate, per-epoch evaluation.
+
+The loop reads any :class:`~worker.data.DataSplits` (or a :class:`~worker.data.DataBundle`)
+through :class:`~worker.training._batches.BatchReader`: in-memory arrays by a plain gather,
+image folders through a ``DataLoader``. Sample budgets bound the cost of an epoch and of an
+evaluation whatever the size of the split.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -15,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tensorops.layers import Penalized
-from worker.data import DataBundle
+from worker.data import DataBundle, DataSplits, LabeledDataset, train_transform
+from worker.training._batches import DEFAULT_LOADER, BatchReader, LoaderOptions
 from worker.training._device import resolve_device
-from worker.training._evaluate import EvalResult, evaluate
+from worker.training._distill import Distillation, validate_distillation
+from worker.training._evaluate import EvalResult, eval_indices, evaluate_batches
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
 from worker.training._schedules import ScheduleConfig, lr_at
 
@@ -30,7 +37,7 @@ _EVAL_BATCH_SIZE = 512
 
 def finetune(
     model: nn.Module,
-    data: DataBundle,
+    data: DataBundle | DataSplits,
     schedule: ScheduleConfig,
     *,
     epochs: int,
@@ -47,6 +54,11 @@ def finetune(
     distill_weight: float = 0.0,
     temperature: float = 2.0,
     penalty_weight: float = 0.0,
+    samples_per_epoch: int | None = None,
+    val_samples: int | None = None,
+    augment: str = "none",
+    teacher: nn.Module | None = None,
+    loader: LoaderOptions = DEFAULT_LOADER,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data``'s training split, following ``schedule``.
 
@@ -66,10 +78,12 @@ def finetune(
     Args:
         model: the network; moved to the resolved device (in place) and left there, in eval
             mode, when this returns or raises.
-        data: train and validation tensors, kept where they are; batches are moved to the
+        data: the train and validation splits (:class:`DataSplits`, or a
+            :class:`DataBundle` of tensors), kept where they are; batches are moved to the
             device one at a time.
         schedule: the learning-rate curve.
-        epochs: number of passes over the training split, >= 1.
+        epochs: number of epochs, >= 1: passes over the training split, or over
+            ``samples_per_epoch`` examples of it.
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (``momentum`` unused;
             ``weight_decay`` is decoupled).
         momentum: SGD momentum, >= 0.
@@ -84,7 +98,11 @@ def finetune(
         label_smoothing: passed to ``cross_entropy`` for the training loss, in [0, 1).
         teacher_logits: the original model's logits on the training split, one row per
             training example (``(n_train, num_classes)``), for knowledge distillation (Hinton
-            et al. 2015). Computed once by the caller, since the teacher never changes.
+            et al. 2015). Computed once by the caller, since the teacher never changes; only
+            without augmentation (see :func:`use_teacher_table`).
+        teacher: instead of ``teacher_logits``, the teacher model itself, run (in eval mode,
+            without gradients, moved to the device) on each training batch: memory stays
+            flat and augmentation is allowed. Same loss as the table without augmentation.
         distill_weight: weight ``a`` in ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T ||
             student_T)``, in [0, 1]; 0 (the default) trains on the labels alone.
         temperature: ``T`` above, > 0, softening both distributions.
@@ -92,6 +110,14 @@ def finetune(
             :class:`tensorops.layers.Penalized` module (the L1 of the unit norms of
             ``prune`` layers), added to the training loss and to the reported train loss;
             >= 0. The default 0 leaves training as without such modules.
+        samples_per_epoch: each epoch trains on a fresh seeded random subset of this many
+            training examples (``None``: the whole split; a larger number is clamped, and
+            logged). The schedule's epochs are these shorter epochs.
+        val_samples: the per-epoch evaluation uses a fixed seeded subset of this many
+            validation examples (``None``: the whole split; clamped likewise).
+        augment: train-time augmentation, one of :data:`worker.data.AUGMENTATIONS`
+            (``"none"``, ``"crop-flip"``, ``"imagenet"``), seeded by ``seed``.
+        loader: how a ``DataLoader`` reads the splits (worker processes, pinned memory).
     """
     _validate(
         data,
@@ -105,17 +131,36 @@ def finetune(
         max_steps=max_steps,
         label_smoothing=label_smoothing,
     )
-    distill = _validate_distillation(data, teacher_logits, distill_weight, temperature)
+    splits = data.splits() if isinstance(data, DataBundle) else data
     if not _is_real(penalty_weight) or penalty_weight < 0:
         raise ValueError(f"penalty_weight must be a finite number >= 0, got {penalty_weight!r}")
     target = resolve_device(device)
+    transform = train_transform(augment, splits.train.sample_shape)  # checks augment
+    n_train = len(splits.train)
+    distill = validate_distillation(
+        n_train,
+        teacher_logits,
+        teacher,
+        distill_weight,
+        temperature,
+        augment=augment,
+        device=target,
+    )
+    per_epoch = _epoch_size(n_train, samples_per_epoch)
+    val_idx = eval_indices(len(splits.val), val_samples, seed=seed)
     model.to(target)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     opt = _make_optimizer(params, optimizer, schedule, momentum, weight_decay)
-    bounds = _batch_bounds(int(data.y_train.shape[0]), batch_size)
-    run = _Run(model, data, schedule, opt, bounds, target, label_smoothing, max_steps, distill)
+    bounds = _batch_bounds(per_epoch, batch_size)
+    run = _Run(model, schedule, opt, bounds, target, label_smoothing, max_steps, distill)
+    run.train = BatchReader(
+        splits.train.with_transform(transform), device=target, options=loader, seed=seed
+    )
+    run.n_train = n_train
+    run.val = BatchReader(splits.val, device=target, options=loader, seed=seed)
+    run.val_idx = val_idx
     run.penalty = _penalty(model, float(penalty_weight))
     started = time.perf_counter()
     try:
@@ -145,18 +190,21 @@ class _Run:
     def __init__(
         self,
         model: nn.Module,
-        data: DataBundle,
         schedule: ScheduleConfig,
         opt: torch.optim.Optimizer,
         bounds: list[tuple[int, int]],
         device: torch.device,
         label_smoothing: float,
         max_steps: int | None,
-        distill: _Distillation | None = None,
+        distill: Distillation | None = None,
     ) -> None:
         self.model = model
         self.distill = distill
-        self.data = data
+        self.train: BatchReader
+        self.val: BatchReader
+        self.n_train = 0
+        self.val_idx = torch.empty(0, dtype=torch.int64)
+        self.examples_seen = 0  # training examples read, over the whole run
         self.schedule = schedule
         self.opt = opt
         self.bounds = bounds
@@ -174,12 +222,13 @@ class _Run:
         self, epochs: int, seed: int, callback: EpochCallback | None
     ) -> tuple[FinetuneStatus, str]:
         generator = torch.Generator().manual_seed(seed)
-        n = int(self.data.y_train.shape[0])
+        n = self.n_train
         for epoch in range(1, epochs + 1):
             if self._out_of_steps():
                 return "completed", f"reached max_steps={self.max_steps} after epoch {epoch - 1}"
             epoch_started = time.perf_counter()
-            order = torch.randperm(n, generator=generator)
+            # A fresh seeded permutation each epoch; with a budget, its first examples.
+            order = torch.randperm(n, generator=generator)[: self.bounds[-1][1]]
             self.epochs_run = epoch
             train_loss, lr, failure = self._train_epoch(epoch, order)
             if failure is not None:
@@ -211,19 +260,24 @@ class _Run:
         loss_sum = 0.0
         seen = 0
         lr = lr_at(self.schedule, self.step, self.steps_per_epoch)
-        for batch_index, (lo, hi) in enumerate(self.bounds, start=1):
-            if self._out_of_steps():
-                break
-            idx = order[lo:hi]
-            xb = self.data.x_train[idx].to(self.device, non_blocking=True)
-            yb = self.data.y_train[idx].to(self.device, non_blocking=True)
+        left = self._steps_left()
+        bounds = self.bounds if left is None else self.bounds[:left]
+        batches = [order[lo:hi] for lo, hi in bounds]
+        for batch_index, (idx, (xb, yb)) in enumerate(
+            zip(batches, self.train.read(batches), strict=True), start=1
+        ):
+            size = int(idx.shape[0])
+            self.examples_seen += size
+            xb = xb.to(self.device, non_blocking=True)
+            yb = yb.to(self.device, non_blocking=True)
             lr = lr_at(self.schedule, self.step, self.steps_per_epoch)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             logits = self.model(xb)  # (B, num_classes)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
             if self.distill is not None:
-                loss = self.distill.mix(loss, logits.float(), idx)
+                soft = self.distill.targets(xb, idx)
+                loss = self.distill.mix(loss, logits.float(), soft)
             if self.penalty is not None:
                 loss = loss + self.penalty()
             value = float(loss.detach())
@@ -238,8 +292,8 @@ class _Run:
             loss.backward()
             self.opt.step()
             self.step += 1
-            loss_sum += value * (hi - lo)
-            seen += hi - lo
+            loss_sum += value * size
+            seen += size
         return loss_sum / max(seen, 1), lr, None
 
     def final_eval(self) -> EvalResult:
@@ -249,15 +303,15 @@ class _Run:
         return self._last_eval
 
     def _evaluate(self) -> EvalResult:
-        return evaluate(
-            self.model,
-            (self.data.x_val, self.data.y_val),
-            batch_size=_EVAL_BATCH_SIZE,
-            device=self.device,
+        return evaluate_batches(
+            self.model, self.val, self.val_idx, batch_size=_EVAL_BATCH_SIZE, device=self.device
         )
 
     def _out_of_steps(self) -> bool:
         return self.max_steps is not None and self.step >= self.max_steps
+
+    def _steps_left(self) -> int | None:
+        return None if self.max_steps is None else max(self.max_steps - self.step, 0)
 
 
 def _penalty(model: nn.Module, weight: float) -> Callable[[], torch.Tensor] | None:
@@ -312,52 +366,26 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-@dataclass(frozen=True)
-class _Distillation:
-    """Soft targets of the teacher and how much they weigh against the labels."""
-
-    logits: torch.Tensor  # (n_train, num_classes), on the CPU
-    weight: float
-    temperature: float
-
-    def mix(self, hard_loss: torch.Tensor, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        target = F.log_softmax(self.logits[idx].to(logits.device) / t, dim=1)  # (B, C)
-        soft = F.kl_div(
-            F.log_softmax(logits / t, dim=1), target, reduction="batchmean", log_target=True
-        )
-        return (1.0 - self.weight) * hard_loss + self.weight * (t * t) * soft
-
-
-def _validate_distillation(
-    data: DataBundle,
-    teacher_logits: torch.Tensor | None,
-    weight: float,
-    temperature: float,
-) -> _Distillation | None:
-    if not _is_real(weight) or not 0 <= weight <= 1:
-        raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
-    if not _is_real(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if teacher_logits is None:
-        if weight > 0:
-            raise ValueError("distill_weight > 0 needs teacher_logits")
-        return None
-    n_train = int(data.y_train.shape[0])
-    if teacher_logits.ndim != 2 or int(teacher_logits.shape[0]) != n_train:
+def _epoch_size(n_train: int, samples_per_epoch: int | None) -> int:
+    """Examples per epoch: the split, or ``samples_per_epoch`` of it (clamped, and logged)."""
+    if samples_per_epoch is None:
+        return n_train
+    if not _is_int(samples_per_epoch) or samples_per_epoch < 1:
         raise ValueError(
-            f"teacher_logits must have shape (n_train={n_train}, num_classes), "
-            f"got {tuple(teacher_logits.shape)}"
+            f"samples_per_epoch must be None or an int >= 1, got {samples_per_epoch!r}"
         )
-    if not bool(torch.isfinite(teacher_logits).all()):
-        raise ValueError("teacher_logits contain NaN or infinity")
-    if weight == 0:
-        return None
-    return _Distillation(teacher_logits.detach().float().cpu(), float(weight), float(temperature))
+    if samples_per_epoch > n_train:
+        logger.info(
+            "samples_per_epoch=%d exceeds the %d training examples; each epoch uses all %d",
+            samples_per_epoch,
+            n_train,
+            n_train,
+        )
+    return min(samples_per_epoch, n_train)
 
 
 def _validate(
-    data: DataBundle,
+    data: DataBundle | DataSplits,
     schedule: ScheduleConfig,
     *,
     epochs: int,
@@ -369,8 +397,8 @@ def _validate(
     max_steps: int | None,
     label_smoothing: float,
 ) -> None:
-    if not isinstance(data, DataBundle):
-        raise ValueError(f"data must be a DataBundle, got {type(data).__name__}")
+    if not isinstance(data, (DataBundle, DataSplits)):
+        raise ValueError(f"data must be a DataBundle or DataSplits, got {type(data).__name__}")
     if not isinstance(schedule, ScheduleConfig):
         raise ValueError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
     for name, count in (("epochs", epochs), ("batch_size", batch_size)):
@@ -388,8 +416,12 @@ def _validate(
     if not _is_real(label_smoothing) or not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     for split in ("train", "val"):
-        n_x = int(getattr(data, f"x_{split}").shape[0])
-        n_y = int(getattr(data, f"y_{split}").shape[0])
+        if isinstance(data, DataSplits):
+            dataset: LabeledDataset = getattr(data, split)
+            n_x = n_y = len(dataset)
+        else:
+            n_x = int(getattr(data, f"x_{split}").shape[0])
+            n_y = int(getattr(data, f"y_{split}").shape[0])
         if n_y == 0 or n_x != n_y:
             raise ValueError(
                 f"the {split} split must be non-empty with as many inputs as labels, got "

@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from worker.data import DataBundle
+from worker.data import DataBundle, DataSplits
+from worker.training._batches import DEFAULT_LOADER, LoaderOptions
 from worker.training._loop import OptimizerName, finetune, steps_per_epoch
 from worker.training._results import EpochCallback, FinetuneResult
 from worker.training._schedules import ScheduleConfig
@@ -22,7 +23,7 @@ _COSINE_FLOOR = 1e-3  # cosine anneals to lr * 1e-3
 
 def train(
     model: nn.Module,
-    data: DataBundle,
+    data: DataBundle | DataSplits,
     *,
     epochs: int,
     lr: float = 0.05,
@@ -36,6 +37,10 @@ def train(
     callback: EpochCallback | None = None,
     max_steps: int | None = None,
     label_smoothing: float = 0.0,
+    samples_per_epoch: int | None = None,
+    val_samples: int | None = None,
+    augment: str = "none",
+    loader: LoaderOptions = DEFAULT_LOADER,
 ) -> FinetuneResult:
     """Train ``model`` in place with a single learning-rate cycle spanning the whole run.
 
@@ -56,7 +61,10 @@ def train(
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    per_epoch = max(steps_per_epoch(int(data.y_train.shape[0]), batch_size), 1)
+    n_train = len(data.train)
+    if isinstance(samples_per_epoch, int) and not isinstance(samples_per_epoch, bool):
+        n_train = min(n_train, max(samples_per_epoch, 1))
+    per_epoch = max(steps_per_epoch(n_train, batch_size), 1)
     total_steps = epochs * per_epoch
     if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps >= 1:
         total_steps = min(total_steps, max_steps)
@@ -83,4 +91,8 @@ def train(
         callback=callback,
         max_steps=max_steps,
         label_smoothing=label_smoothing,
+        samples_per_epoch=samples_per_epoch,
+        val_samples=val_samples,
+        augment=augment,
+        loader=loader,
     )
