@@ -480,7 +480,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = make_config(argparse.Namespace(**{**vars(args), "constant_lr": None}), arch)
     tolerances = [float(t) for t in args.tolerances]
     wanted = set(args.variants) if args.variants else set(SEARCHES) | set(BASELINES)
-    data = load_dataset(DATASET, seed=0, max_train=cfg.max_train)
+    data = load_dataset(DATASET, split_seed=0, max_train=cfg.max_train)
     kwargs: dict[str, Any] = {"num_classes": data.num_classes}
     if arch.startswith("rankopt:"):
         kwargs["in_channels"] = data.input_shape[0]

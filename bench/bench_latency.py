@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sys.stdout.flush()
 
-    data = load_dataset(DATASET, seed=0, max_train=cfg.max_train)
+    data = load_dataset(DATASET, split_seed=0, max_train=cfg.max_train)
     records: list[dict[str, Any]] = []
     for arch in args.archs:
         print(f"[{arch}] ...", file=sys.stderr, flush=True)

@@ -582,7 +582,7 @@ def bench_arch(
 ) -> dict[str, Any]:
     """Train the starting models and run every variant for every seed of one architecture."""
     started = time.perf_counter()
-    data = load_dataset(DATASET, seed=0, max_train=cfg.max_train)
+    data = load_dataset(DATASET, split_seed=0, max_train=cfg.max_train)
     kwargs: dict[str, Any] = {"num_classes": data.num_classes}
     if cfg.arch.startswith("rankopt:"):
         kwargs["in_channels"] = data.input_shape[0]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = ["DEFAULTS", "JobOptions", "ScheduleOptions"]
 
+FinetuneMode = Literal["decompose", "lc"]
 ScheduleKind = Literal["triangular", "triangular2", "exp_range", "cosine_restarts", "constant"]
 
 
@@ -75,7 +76,19 @@ class JobOptions(BaseModel):
         description="stop trials early: feasibility (only those that cannot meet the "
         "tolerance), median, halving, none",
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="seed of the search and split")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="seed of the search (sampler, fine-tunes); the data split has its own",
+    )
+    split_seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="seed of the train/val/test split of built-in, folder and CIFAR data; keep "
+        "the one the starting model was trained with",
+    )
     seeding: bool = Field(default=True, description="enqueue the EVBMF plans first")
     methods: list[str] | None = Field(
         default=None,
@@ -129,6 +142,34 @@ class JobOptions(BaseModel):
         default=0.5,
         ge=0,
         description="points above the tolerance a trial may be and still be verified",
+    )
+    trial_finetune_mode: FinetuneMode = Field(
+        default="decompose",
+        description="how trials fine-tune: decompose (factorise, then fine-tune the factors) or "
+        "lc (learning-compression: train the dense weights towards their factorised form)",
+    )
+    final_finetune_mode: FinetuneMode = Field(
+        default="decompose",
+        description="how verified candidates are fine-tuned: decompose or lc",
+    )
+    lc_mu0: float = Field(
+        default=0.1, gt=0, le=1e6, description="LC: penalty weight mu of the first L step"
+    )
+    lc_mu_factor: float = Field(
+        default=2.0, ge=1, le=100, description="LC: multiplier of mu after each L/C step"
+    )
+    lc_steps: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="LC: L/C iterations; the fine-tune's epochs less lc_factor_epochs are "
+        "split evenly among their L steps",
+    )
+    lc_factor_epochs: int = Field(
+        default=1,
+        ge=0,
+        le=10_000,
+        description="LC: epochs of the fine-tune spent on the factors after the last C step",
     )
     schedule: ScheduleOptions = Field(default_factory=ScheduleOptions)
     optimizer: Literal["sgd", "adamw"] = Field(default="adamw", description="fine-tuning optimizer")

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from service.cli.usage import UsageError as ServiceUsageError
+from service.job_options import DEFAULTS
 from worker.cli_options import add_option_arguments, options_from_args
 from worker.errors import UsageError, WorkerError
 
@@ -33,6 +34,15 @@ EXIT_INTERRUPTED = 130
 # The service's commands (``serve``, ``keys``, ``db``, the client) live in ``service.cli``, imported
 # here by name only: it is torch-free and imports ``service.api`` only when ``serve`` runs.
 COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "service.cli")
+
+DATASET_HELP = (
+    "digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, a .npz/.safetensors file "
+    "with x_train,y_train,x_val,y_val (optionally x_test,y_test), folder:PATH or cifar10:PATH"
+)
+SPLIT_SEED_HELP = (
+    "seed of the train/val/test split (default: %(default)s); it belongs to the data, not the "
+    "search: compress with the one the model was trained with"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,14 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--dataset",
         required=True,
-        help="digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, "
-        "a .npz/.safetensors file, folder:PATH or cifar10:PATH",
+        help=DATASET_HELP,
     )
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--lr", type=float, default=0.01)
     train.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial weights and batches"
+    )
+    train.add_argument("--split-seed", type=int, default=DEFAULTS.split_seed, help=SPLIT_SEED_HELP)
     train.add_argument("--device", default="auto")
     train.add_argument(
         "--data-root",
@@ -75,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help=".safetensors or a PyTorch state_dict (read with weights_only=True)",
     )
-    comp.add_argument("--dataset", required=True)
+    comp.add_argument("--dataset", required=True, help=DATASET_HELP)
     comp.add_argument(
         "--out",
         required=True,
@@ -89,17 +101,26 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--study-name", default="job-local")
     comp.add_argument("--data-root", action="append", default=[])
     comp.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
+    comp.add_argument(
+        "--strict-split",
+        action="store_true",
+        help="refuse (code split_mismatch) instead of warning when the weights record another "
+        "dataset or --split-seed than the search's",
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def _data(args: argparse.Namespace, seed: int) -> Any:
+def _data(args: argparse.Namespace, split_seed: int) -> Any:
+    """The dataset of ``args``, split by ``split_seed`` (the data's seed, never the search's)."""
     from worker.data import DatasetError, load_dataset
 
+    if split_seed < 0:
+        raise UsageError(f"--split-seed must be >= 0, got {split_seed}")
     try:
         return load_dataset(
-            args.dataset, seed=seed, allowed_roots=[Path(p) for p in args.data_root]
+            args.dataset, split_seed=split_seed, allowed_roots=[Path(p) for p in args.data_root]
         )
     except DatasetError as exc:
         raise UsageError(f"dataset: {exc}", code=exc.code) from None
@@ -121,6 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
+    from worker.split_record import DataRecord
     from worker.training import resolve_device, train
 
     if args.epochs < 1:
@@ -133,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
-    data = _data(args, args.seed)
+    data = _data(args, args.split_seed)
     torch.manual_seed(args.seed)  # --seed fixes the initial weights too, not just the batches
     model, _ = _model(args.arch, data.num_classes, data.input_shape[0])
     result = train(
@@ -151,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out))
+    record = DataRecord(dataset=args.dataset, split_seed=data.split_seed, name=data.name)
+    save_file(state, str(out), metadata=record.to_metadata())
     print(
         f"trained {args.arch} on {data.name}: val accuracy {result.final_val_accuracy:.4f} → {out}"
     )
@@ -175,6 +198,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from worker.search import Progress as SearchProgress
     from worker.search import run_search
+    from worker.split_record import check_split, read_record
     from worker.training import resolve_device
     from worker.weights import WeightsError, load_weights, read_state_dict
 
@@ -183,7 +207,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
-    data = _data(args, config.seed)
+    check_split(
+        read_record(args.weights), args.dataset, config.split_seed, strict=args.strict_split
+    )
+    data = _data(args, config.split_seed)
     num_classes = args.num_classes or data.num_classes
     model, kwargs = _model(args.arch, num_classes, data.input_shape[0])
     try:

@@ -213,6 +213,7 @@ def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
         "num_classes": args.num_classes,
         "sampler": args.sampler,
         "seed": args.seed,
+        "split_seed": args.split_seed,
     }
     spec.update({k: v for k, v in options.items() if v is not None})
     if args.pareto:
@@ -436,8 +437,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument(
         "--dataset",
         default=None,
-        help="digits, mnist5k, breast-cancer, breast-cancer-seq, folder:PATH or cifar10:PATH on "
-        "the server, or a local .npz/.safetensors file to upload",
+        help="digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, folder:PATH or "
+        "cifar10:PATH on the server, or a local .npz/.safetensors file to upload",
     )
     submit.add_argument("--trials", type=int, default=None)
     submit.add_argument("--max-accuracy-drop", type=float, default=None, help="accuracy points")
@@ -447,7 +448,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument("--objective", choices=("params", "macs", "latency"), default=None)
     submit.add_argument("--pareto", action="store_true", help="two-objective search")
     submit.add_argument("--sampler", choices=("tpe", "gp", "random"), default=None)
-    submit.add_argument("--seed", type=int, default=None)
+    submit.add_argument("--seed", type=int, default=None, help="seed of the search")
+    submit.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the data split (keep the one the weights were trained with)",
+    )
     submit.add_argument("--num-classes", type=int, default=None)
     submit.add_argument(
         "--export", action="append", choices=("torchscript", "onnx"), default=[],

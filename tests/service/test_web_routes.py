@@ -136,6 +136,7 @@ def test_ui_config_gives_the_servers_own_spec_rules(
     assert set(config["builtin_datasets"]) == {
         "digits",
         "mnist5k",
+        "fashion-mnist",
         "breast-cancer",
         "breast-cancer-seq",
     }

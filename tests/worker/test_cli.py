@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tensorops import load_compressed
+from tensorops.checkpoint import read_manifest
 from worker.cli import EXIT_USAGE, main
 from worker.data import load_dataset
 from worker.training import evaluate
@@ -121,6 +122,11 @@ def test_compress_writes_outputs_and_prints_json(
     assert (out / "study.db").is_file()  # the default storage, for resuming
     assert len([t for t in report["trials"] if t["state"] != "WAITING"]) == 5
     assert report["search"]["epochs_per_trial"] == 2
+    # both seeds are recorded: the search's and the data split's (issue 19)
+    assert (report["search"]["seed"], report["search"]["split_seed"]) == (0, 0)
+    assert report["data"]["split_seed"] == 0
+    meta = read_manifest(summary["checkpoint"])["meta"]
+    assert (meta["data"], meta["seed"], meta["split_seed"]) == ("digits", 0, 0)
     assert report["arch"] == {
         "arch": "rankopt:tinycnn",
         "kwargs": {"num_classes": 10, "in_channels": 1},

@@ -52,6 +52,7 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "sampler": ("random", "random"),
         "pruner": ("none", "none"),
         "seed": ("3", 3),
+        "split_seed": ("5", 5),
         "methods": ("svd,cp", ["svd", "cp"]),
         "rank_scale": ("0.2,2", (0.2, 2.0)),
         "rank_multiple": ("8", 8),
@@ -66,6 +67,12 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "verify_slack": ("1", 1.0),
         "optimizer": ("sgd", "sgd"),
         "batch_size": ("16", 16),
+        "trial_finetune_mode": ("lc", "lc"),
+        "final_finetune_mode": ("lc", "lc"),
+        "lc_mu0": ("0.5", 0.5),
+        "lc_mu_factor": ("3", 3.0),
+        "lc_steps": ("4", 4),
+        "lc_factor_epochs": ("0", 0),
     }
     args: list[str] = ["--pareto", "--no-seeding"]
     for name, (text, _) in values.items():

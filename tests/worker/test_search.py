@@ -794,7 +794,12 @@ def test_e2e_report_costs_and_ratios(end_to_end: EndToEnd, data: DataBundle) -> 
     assert report["ratios"]["macs"] == pytest.approx(before.macs / report["final"]["macs"])
     assert report["ratios"]["params"] > 1
     assert report["ratios"]["macs"] > 1
-    assert report["data"] == {"name": "digits", "train": len(data.y_train), "val": len(data.y_val)}
+    assert report["data"] == {
+        "name": "digits",
+        "train": len(data.y_train),
+        "val": len(data.y_val),
+        "split_seed": data.split_seed,
+    }
 
 
 def test_e2e_every_layer_reported(end_to_end: EndToEnd, data: DataBundle) -> None:

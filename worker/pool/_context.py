@@ -41,19 +41,25 @@ class PoolContext(SearchContext):
         seed: int,
         callback: EpochCallback | None = None,
         lr_scale: float | None = None,
+        max_steps: int | None = None,
+        after_step: Callable[[float], None] | None = None,
     ) -> FinetuneResult:
         hook = self.interrupt
-        if hook is None:
-            return super().finetune(
-                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale
-            )
+        checked = callback
+        if hook is not None:
 
-        def checked(report: EpochReport) -> bool | None:
-            hook()
-            return callback(report) if callback is not None else None
+            def checked(report: EpochReport) -> bool | None:
+                hook()
+                return callback(report) if callback is not None else None
 
         return super().finetune(
-            model, epochs=epochs, seed=seed, callback=checked, lr_scale=lr_scale
+            model,
+            epochs=epochs,
+            seed=seed,
+            callback=checked,
+            lr_scale=lr_scale,
+            max_steps=max_steps,
+            after_step=after_step,
         )
 
 

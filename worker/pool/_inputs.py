@@ -25,6 +25,7 @@ from worker.data import DataBundle, DataLimits, DatasetError, load_dataset
 from worker.errors import InvalidOptions
 from worker.pool._refusal import BadInput, refused
 from worker.search import SearchConfig, search_config
+from worker.split_record import check_split, read_record
 from worker.weights import WeightsError, load_weights, read_state_dict
 from worker.zoo import ZooError, get_model
 
@@ -125,7 +126,7 @@ def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
     try:
         data = load_dataset(
             source,
-            seed=spec.seed,
+            split_seed=spec.split_seed,  # the data's seed, never the search's ``seed``
             allowed_roots=settings.allowed_data_roots,
             limits=data_limits(settings),
         )
@@ -139,6 +140,9 @@ def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
     except ZooError as exc:
         raise refused(exc, "arch") from None
     weights = upload_path(settings, job.weights_path, "weights")
+    # Weights from ``rankopt train`` record their split: a different one is logged (the CLI's
+    # --strict-split refuses it; a job has no such switch yet).
+    check_split(read_record(weights), spec.dataset, spec.split_seed)
     try:
         load_weights(model, read_state_dict(weights))
     except WeightsError as exc:

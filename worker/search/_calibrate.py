@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from worker.training import ScheduleConfig
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from tensorops import Plan
     from worker.training import FinetuneResult
 
@@ -84,12 +82,12 @@ def choose_scale(accuracies: tuple[tuple[float, float], ...]) -> float:
     return best_scale
 
 
-class FineTune(Protocol):
-    """Fine-tunes ``model`` in place with the search's schedule, rates times ``lr_scale``
-    (:meth:`worker.search.SearchContext.finetune`)."""
+class FitPlan(Protocol):
+    """Applies ``plan`` to a fresh copy of the original and fine-tunes it in the trials' mode
+    with the search's schedule, rates times ``lr_scale`` (:meth:`SearchContext.fit`)."""
 
     def __call__(
-        self, model: nn.Module, *, epochs: int, seed: int, lr_scale: float | None = None
+        self, plan: Plan, *, epochs: int, seed: int, lr_scale: float | None = None
     ) -> FinetuneResult: ...
 
 
@@ -97,15 +95,14 @@ def calibrate_lr(
     scales: Sequence[float],
     plan: Callable[[], Plan],
     *,
-    compress: Callable[[Plan], nn.Module],
-    finetune: FineTune,
+    fit: FitPlan,
     epochs: int,
     seed: int,
 ) -> LrCalibration:
     """Fine-tune ``plan()`` (the EVBMF plan, built only when there is something to measure)
     for ``epochs`` at each multiplier of ``scales`` and pick the best.
 
-    ``compress`` applies a plan to a fresh copy of the original model; ``finetune`` trains it.
+    ``fit`` applies a plan to a fresh copy of the original model and fine-tunes it.
     One multiplier measures nothing.
     """
     if len(scales) == 1:
@@ -114,9 +111,8 @@ def calibrate_lr(
     calibration_plan = plan()
     scored: list[tuple[float, float]] = []
     for scale in scales:
-        model = compress(calibration_plan)
-        fit = finetune(model, epochs=epochs, seed=seed, lr_scale=scale)
-        accuracy = float("nan") if fit.status == "diverged" else float(fit.final_val_accuracy)
+        tuned = fit(calibration_plan, epochs=epochs, seed=seed, lr_scale=scale)
+        accuracy = float("nan") if tuned.status == "diverged" else float(tuned.final_val_accuracy)
         scored.append((float(scale), accuracy))
         logger.info(
             "learning-rate calibration: x%g of the schedule's rates gives the EVBMF plan "

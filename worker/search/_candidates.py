@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tensorops import Plan
-from worker.search._config import SearchConfig, drop_points
+from worker.search._config import SearchConfig, drop_points, verify_mode
 from worker.search._context import SearchContext
 from worker.search._report import Verification
 from worker.search._study import LATENCY_MET_ATTR, LATENCY_RATIO_ATTR
@@ -122,14 +122,14 @@ def choose(
         candidates.append(last)
     for trial in candidates:
         plan = Plan.from_dict(trial.user_attrs["plan"])
-        model = ctx.compress(plan)
         epochs, seed = verify_budget(config, trial)
         if len(plan.decomposed()) > 0:
-            fit = ctx.finetune(model, epochs=epochs, seed=seed)
+            model, fit = ctx.fit(plan, mode=verify_mode(config), epochs=epochs, seed=seed)
             # finetune's last evaluation is of the weights it leaves: no second pass needed.
             status = fit.status
             result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         else:
+            model = ctx.compress(plan)
             status, result = "completed", evaluate(model, ctx.data, device=ctx.device)
         drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = status != "diverged" and drop <= config.max_accuracy_drop
@@ -144,6 +144,7 @@ def choose(
                 final_accuracy=result.accuracy,
                 final_accuracy_drop=drop,
                 fine_tune=status,
+                fine_tune_mode=verify_mode(config),
                 latency_ratio=ctx.latency_ratio(latency) if latency is not None else None,
                 latency_met=latency_met,
                 met=met,

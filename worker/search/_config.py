@@ -87,6 +87,14 @@ class SearchConfig:
     scale times ``push_factor`` is enqueued next (see :mod:`worker.search._push`); None turns
     it off.
 
+    Fine-tune mode: ``trial_finetune_mode`` (trials and the learning-rate calibration) and
+    ``final_finetune_mode`` (verification, the final model) are each ``decompose``
+    (factorise the original, fine-tune the factors) or ``lc`` (learning-compression,
+    :mod:`worker.training._lc`: of the fine-tune's epochs, ``lc_factor_epochs`` fine-tune the
+    factors after the last C step and the rest are ``lc_steps`` L steps of equal length, the
+    penalty weight ``μ`` starting at ``lc_mu0`` and multiplied by ``lc_mu_factor`` per step).
+    Both modes spend the same epochs x samples.
+
     Learning-rate calibration: before the first trial, Kim et al.'s EVBMF plan (the first
     seed) is fine-tuned for ``epochs_per_trial`` with the schedule's rates multiplied by each
     of ``lr_scales``, and the multiplier giving the best validation accuracy (the first listed
@@ -120,6 +128,7 @@ class SearchConfig:
     sampler: SamplerName = DEFAULTS.sampler
     pruner: PrunerName = DEFAULTS.pruner
     seed: int = DEFAULTS.seed
+    split_seed: int = DEFAULTS.split_seed  # the data's, not the search's: recorded, not used
     seeding: bool = DEFAULTS.seeding
     methods: tuple[str, ...] | None = (
         tuple(DEFAULTS.methods) if DEFAULTS.methods is not None else None
@@ -139,6 +148,12 @@ class SearchConfig:
     verify_slack: float = DEFAULTS.verify_slack
     epochs_per_trial: int = DEFAULTS.epochs_per_trial
     final_epochs: int = DEFAULTS.final_epochs
+    trial_finetune_mode: Literal["decompose", "lc"] = DEFAULTS.trial_finetune_mode
+    final_finetune_mode: Literal["decompose", "lc"] = DEFAULTS.final_finetune_mode
+    lc_mu0: float = DEFAULTS.lc_mu0
+    lc_mu_factor: float = DEFAULTS.lc_mu_factor
+    lc_steps: int = DEFAULTS.lc_steps
+    lc_factor_epochs: int = DEFAULTS.lc_factor_epochs
     schedule: ScheduleConfig = field(default_factory=lambda: schedule_config(DEFAULTS.schedule))
     optimizer: Literal["sgd", "adamw"] = DEFAULTS.optimizer
     batch_size: int = DEFAULTS.batch_size
@@ -205,6 +220,13 @@ class SearchConfig:
                 f"{self.latency_batch_size} and {self.latency_repeats}"
             )
 
+        if not (self.lc_mu0 > 0 and self.lc_mu_factor >= 1 and self.lc_steps >= 1):
+            raise ValueError(
+                "lc_mu0 must be > 0, lc_mu_factor >= 1 and lc_steps >= 1, got "
+                f"{self.lc_mu0}, {self.lc_mu_factor} and {self.lc_steps}"
+            )
+        if self.lc_factor_epochs < 0:
+            raise ValueError(f"lc_factor_epochs must be >= 0, got {self.lc_factor_epochs}")
         if self.push_factor is not None and not 0 < self.push_factor < 1:
             raise ValueError(f"push_factor must be in (0, 1) or None, got {self.push_factor}")
         if not self.lr_scales or any(
@@ -222,6 +244,12 @@ class SearchConfig:
         data["ratio_targets"] = list(self.ratio_targets)
         data["lr_scales"] = list(self.lr_scales)
         return data
+
+
+def verify_mode(config: SearchConfig) -> Literal["decompose", "lc"]:
+    """The fine-tune mode of verification and the final model: ``final_finetune_mode``, or
+    with ``final_epochs == 0`` (candidates get the trial's fine-tune again) the trials'."""
+    return config.final_finetune_mode if config.final_epochs > 0 else config.trial_finetune_mode
 
 
 def search_config(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -20,13 +22,19 @@ from worker.search._space import LayerSpace, build_space, evbmf_params, plan_fro
 from worker.training import (
     EpochCallback,
     FinetuneResult,
+    LcSchedule,
     evaluate,
     finetune,
+    lc_finetune,
     predict_logits,
     resolve_device,
 )
+from worker.training._loop import steps_per_epoch
 
 logger = logging.getLogger(__name__)
+
+#: Study user attribute with what :func:`prepare` measured once (see :func:`prepared_summary`).
+PREPARED_ATTR = "prepared"
 
 
 @dataclass
@@ -65,8 +73,7 @@ class SearchContext:
             lambda: plan_from_params(
                 self.model, self.spaces, evbmf_params(self.spaces, self.layers, config), config
             ),
-            compress=self.compress,
-            finetune=self.finetune,
+            fit=lambda plan, **kw: self.fit(plan, mode=config.trial_finetune_mode, **kw)[1],
             epochs=config.epochs_per_trial,
             seed=config.seed,
         )
@@ -154,6 +161,77 @@ class SearchContext:
         """The original with ``plan`` applied (decompositions cached across trials)."""
         return compress(self.model, plan, seed=self.config.seed, cache=self.cache)
 
+    def fit(
+        self,
+        plan: Plan,
+        *,
+        mode: Literal["decompose", "lc"],
+        epochs: int,
+        seed: int,
+        callback: EpochCallback | None = None,
+        lr_scale: float | None = None,
+    ) -> tuple[nn.Module, FinetuneResult]:
+        """``plan`` applied to the original and fine-tuned for ``epochs`` in ``mode``:
+        ``decompose`` (:meth:`compress`, then :meth:`finetune`) or ``lc``
+        (:func:`worker.training.lc_finetune`, the same epochs x samples in all)."""
+        if mode == "decompose":
+            model = self.compress(plan)
+            return model, self.finetune(
+                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale
+            )
+        config = self.config
+
+        def train(
+            model: nn.Module,
+            *,
+            epochs: int,
+            seed: int,
+            max_steps: int | None = None,
+            callback: EpochCallback | None = None,
+            after_step: Callable[[float], None] | None = None,
+        ) -> FinetuneResult:
+            return self.finetune(
+                model,
+                epochs=epochs,
+                seed=seed,
+                callback=callback,
+                lr_scale=lr_scale,
+                max_steps=max_steps,
+                after_step=after_step,
+            )
+
+        schedule = LcSchedule(
+            mu0=config.lc_mu0,
+            mu_factor=config.lc_mu_factor,
+            steps=config.lc_steps,
+            factor_epochs=config.lc_factor_epochs,
+        )
+        result = lc_finetune(
+            self.model,
+            plan,
+            train,
+            schedule=schedule,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch(int(self.data.y_train.shape[0]), config.batch_size),
+            seed=seed,
+            callback=callback,
+        )
+        self.model.to("cpu")
+        fit = result.fit
+        if fit is None:  # no factor epochs: evaluate the factorised model as it is
+            scored = evaluate(result.model, self.data, device=self.device)
+            fit = FinetuneResult(
+                status="completed",
+                epochs_run=0,
+                history=(),
+                final_val_accuracy=scored.accuracy,
+                final_val_loss=scored.loss,
+                message="LC without a factor fine-tune",
+                steps_run=0,
+                seconds=0.0,
+            )
+        return result.model, fit
+
     def finetune(
         self,
         model: nn.Module,
@@ -162,6 +240,8 @@ class SearchContext:
         seed: int,
         callback: EpochCallback | None = None,
         lr_scale: float | None = None,
+        max_steps: int | None = None,
+        after_step: Callable[[float], None] | None = None,
     ) -> FinetuneResult:
         """Fine-tune ``model`` in place with the search's schedule, optimiser and batch size,
         the schedule's rates times ``lr_scale`` (default: the calibrated :attr:`lr_scale`)."""
@@ -180,6 +260,8 @@ class SearchContext:
             teacher_logits=self.teacher_logits,
             distill_weight=config.distill_weight if self.teacher_logits is not None else 0.0,
             temperature=config.temperature,
+            max_steps=max_steps,
+            after_step=after_step,
         )
 
     def latency(self, model: nn.Module) -> float:
@@ -200,16 +282,63 @@ class SearchContext:
         return self.baseline_latency / max(speedup, 1e-12)
 
 
-def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchContext:
-    """Evaluate the original model, take its inventory and estimate EVBMF ranks per layer."""
+def prepared_summary(ctx: SearchContext) -> dict[str, Any]:
+    """What :func:`prepare` measured that a worker joining the search can take instead of
+    measuring again: the baseline's accuracy and loss and the EVBMF ranks of every layer's
+    choices (the search space). Small JSON, kept on the study (:data:`PREPARED_ATTR`)."""
+    return {
+        "baseline_accuracy": ctx.baseline_accuracy,
+        "baseline_loss": ctx.baseline_loss,
+        "spaces": [
+            {
+                "name": space.name,
+                "methods": list(space.methods),
+                "seed_ranks": {m: list(r) for m, r in space.seed_ranks.items()},
+                "raw_ranks": {m: list(r) for m, r in space.raw_ranks.items()},
+            }
+            for space in ctx.spaces
+        ],
+    }
+
+
+def _spaces_of(summary: Mapping[str, Any]) -> list[LayerSpace]:
+    return [
+        LayerSpace(
+            name=str(item["name"]),
+            methods=tuple(str(m) for m in item["methods"]),
+            seed_ranks={str(m): tuple(int(r) for r in v) for m, v in item["seed_ranks"].items()},
+            raw_ranks={str(m): tuple(int(r) for r in v) for m, v in item["raw_ranks"].items()},
+        )
+        for item in summary["spaces"]
+    ]
+
+
+def prepare(
+    model: nn.Module,
+    data: DataBundle,
+    config: SearchConfig,
+    *,
+    prepared: Mapping[str, Any] | None = None,
+) -> SearchContext:
+    """Evaluate the original model, take its inventory and estimate EVBMF ranks per layer.
+
+    With ``prepared`` (a :func:`prepared_summary` read from the study another process
+    prepared) the baseline evaluation and the EVBMF estimates are taken from it, not measured
+    again: a worker joining a search starts sooner and searches the very same space.
+    """
     started = time.perf_counter()
     device = resolve_device(config.device)
     model = model.to("cpu").eval()
     example = data.example_input(1)
-    baseline = evaluate(model, data, device=device)
+    if prepared is None:
+        baseline = evaluate(model, data, device=device)
+        accuracy, loss = baseline.accuracy, baseline.loss
+    else:
+        accuracy = float(prepared["baseline_accuracy"])
+        loss = float(prepared["baseline_loss"])
     model = model.to("cpu")
     layers = inventory(model, example)
-    spaces = build_space(model, layers, config)
+    spaces = build_space(model, layers, config) if prepared is None else _spaces_of(prepared)
     timing_example = batch_of(data, config.latency_batch_size)
     latency = None
     if config.objective == "latency" or config.max_latency_ratio is not None:
@@ -221,10 +350,11 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
         teacher = predict_logits(model, data.x_train, device=device)
     model = model.to("cpu")
     logger.info(
-        "baseline accuracy %.4f, %d layers, %d searchable, prepared in %.1fs",
-        baseline.accuracy,
+        "baseline accuracy %.4f, %d layers, %d searchable, %s in %.1fs",
+        accuracy,
         len(layers),
         len(spaces),
+        "prepared" if prepared is None else "loaded from the study",
         time.perf_counter() - started,
     )
     return SearchContext(
@@ -235,8 +365,8 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
         example=example,
         layers=layers,
         spaces=spaces,
-        baseline_accuracy=baseline.accuracy,
-        baseline_loss=baseline.loss,
+        baseline_accuracy=accuracy,
+        baseline_loss=loss,
         baseline_cost=measure_cost(model, example),
         baseline_latency=latency,
         teacher_logits=teacher,

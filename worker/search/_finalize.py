@@ -182,7 +182,12 @@ def finalize(
             if ctx.lr_calibration is not None
             else {"scale": ctx.lr_scale, "accuracies": [], "seconds": 0.0}
         ),
-        data=DataSummary(name=ctx.data.name, train=len(ctx.data.y_train), val=len(ctx.data.y_val)),
+        data=DataSummary(
+            name=ctx.data.name,
+            train=len(ctx.data.y_train),
+            val=len(ctx.data.y_val),
+            split_seed=ctx.data.split_seed,
+        ),
         arch=arch,
         trials=[trial_record(t) for t in study.get_trials(deepcopy=False)],
         extra=dict(extra or {}),
@@ -195,6 +200,9 @@ def finalize(
             "arch": arch,
             "accuracy": result.accuracy,
             "baseline_accuracy": ctx.baseline_accuracy,
+            "data": ctx.data.name,
+            "seed": config.seed,
+            "split_seed": ctx.data.split_seed,
         },
     )
     searched = SearchResult(out_dir=out_dir, checkpoint=checkpoint, typed_report=report)

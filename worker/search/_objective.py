@@ -50,7 +50,6 @@ def make_objective(
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("params_count", cost.params)
         trial.set_user_attr("macs", cost.macs)
-        model = ctx.compress(plan)
 
         def on_epoch(report: EpochReport) -> bool:
             if not config.pareto:
@@ -59,8 +58,9 @@ def make_objective(
                     raise optuna.TrialPruned(f"pruned at epoch {report.epoch}")
             return not should_stop()
 
-        result = ctx.finetune(
-            model,
+        model, result = ctx.fit(
+            plan,
+            mode=config.trial_finetune_mode,
             epochs=config.epochs_per_trial,
             seed=config.seed + trial.number,
             callback=on_epoch,

@@ -73,6 +73,7 @@ class Verification:
     final_accuracy: float
     final_accuracy_drop: float
     fine_tune: str
+    fine_tune_mode: str
     latency_ratio: float | None
     latency_met: bool | None
     met: bool
@@ -135,11 +136,12 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class DataSummary:
-    """The data set's name and split sizes."""
+    """The data set's name, split sizes and split seed (the data's, not the search's)."""
 
     name: str
     train: int
     val: int
+    split_seed: int = 0
 
 
 @dataclass(frozen=True)

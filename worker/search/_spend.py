@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from tensorops import Plan
-from worker.search._config import drop_points
+from worker.search._config import drop_points, verify_mode
 from worker.search._context import SearchContext
 from worker.search._space import plan_from_params
 from worker.training import EvalResult
@@ -100,8 +100,7 @@ def spend_margin(
             continue
         tried.append(candidate)
         compression = ctx.compression(candidate)
-        model = ctx.compress(candidate)
-        fit = ctx.finetune(model, epochs=epochs, seed=seed)
+        model, fit = ctx.fit(candidate, mode=verify_mode(config), epochs=epochs, seed=seed)
         result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         step_drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = fit.status != "diverged" and step_drop <= tolerance

@@ -6,6 +6,7 @@ from worker.training._batches import LoaderOptions, as_dataset, budget_indices
 from worker.training._device import resolve_device
 from worker.training._distill import TABLE_MAX_BYTES, use_teacher_table
 from worker.training._evaluate import EvalResult, eval_indices, evaluate, predict_logits
+from worker.training._lc import LcResult, LcSchedule, lc_finetune
 from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
 from worker.training._schedules import SCHEDULE_KINDS, ScheduleConfig, ScheduleKind, lr_at
@@ -21,6 +22,8 @@ __all__ = [
     "EvalResult",
     "FinetuneResult",
     "FinetuneStatus",
+    "LcResult",
+    "LcSchedule",
     "LoaderOptions",
     "OptimizerName",
     "ScheduleConfig",
@@ -31,6 +34,7 @@ __all__ = [
     "eval_indices",
     "evaluate",
     "finetune",
+    "lc_finetune",
     "lr_at",
     "predict_logits",
     "resolve_device",

@@ -54,6 +54,7 @@ def finetune(
     distill_weight: float = 0.0,
     temperature: float = 2.0,
     penalty_weight: float = 0.0,
+    after_step: Callable[[float], None] | None = None,
     samples_per_epoch: int | None = None,
     val_samples: int | None = None,
     augment: str = "none",
@@ -110,6 +111,8 @@ def finetune(
             :class:`tensorops.layers.Penalized` module (the L1 of the unit norms of
             ``prune`` layers), added to the training loss and to the reported train loss;
             >= 0. The default 0 leaves training as without such modules.
+        after_step: called with the step's learning rate after every optimizer step (LC's
+            proximal step, :mod:`worker.training._lc`); it may change parameters in place.
         samples_per_epoch: each epoch trains on a fresh seeded random subset of this many
             training examples (``None``: the whole split; a larger number is clamped, and
             logged). The schedule's epochs are these shorter epochs.
@@ -162,6 +165,7 @@ def finetune(
     run.val = BatchReader(splits.val, device=target, options=loader, seed=seed)
     run.val_idx = val_idx
     run.penalty = _penalty(model, float(penalty_weight))
+    run.after_step = after_step
     started = time.perf_counter()
     try:
         with _seeded(seed, target):
@@ -217,6 +221,7 @@ class _Run:
         self.history: list[EpochReport] = []
         self._last_eval: EvalResult | None = None  # of the current weights, if known
         self.penalty: Callable[[], torch.Tensor] | None = None
+        self.after_step: Callable[[float], None] | None = None
 
     def loop(
         self, epochs: int, seed: int, callback: EpochCallback | None
@@ -291,6 +296,8 @@ class _Run:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            if self.after_step is not None:
+                self.after_step(lr)
             self.step += 1
             loss_sum += value * size
             seen += size
