@@ -105,15 +105,17 @@ class Cluster:
     # how a process is started: `python <launcher> <args>` (bench_scaleout.py traces it)
     launcher: list[str] = field(default_factory=lambda: ["-m", "worker.cli"])
 
-    @property
-    def env(self) -> dict[str, str]:
-        variables = {
-            "RANKOPT_DATABASE_URL": self.database_url,
+    def env_vars(self, database_url: str | None = None) -> dict[str, str]:
+        return {
+            "RANKOPT_DATABASE_URL": database_url or self.database_url,
             "RANKOPT_ARTIFACT_ROOT": str(self.folder / "artifacts"),
             "RANKOPT_DEVICE": "cpu",
             "MKL_NUM_THREADS": "1",
         }
-        return rankopt_env(variables, ROOT)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return rankopt_env(self.env_vars(), ROOT)
 
     def settings(self) -> Any:
         from service.settings import Settings
@@ -762,6 +764,35 @@ def print_machine(machine: dict[str, Any], vers: dict[str, str], args: argparse.
     print(markdown_table(["", ""], rows))
 
 
+def bench_faults(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
+    """Worker start-up before/after and the churn run with and without faults (bench/_churn.py)."""
+    from _churn import bench_churn, bench_startup
+
+    spec = job_spec(args.arch, args.dataset, args.trials or 6, args.epochs_per_trial)
+    out: dict[str, Any] = {"load_before": loadavg()}
+    roots = [ROOT] + ([Path(args.before).resolve()] if args.before else [])
+    if not args.skip_startup:
+        with cluster(args.database_url, "startup") as run:
+            out["startup_s"] = bench_startup(run, weights, spec, queue_job, roots)
+        print(f"\nworker start to first trial (s): {out['startup_s']}", flush=True)
+    for faults in () if args.skip_churn_runs else (False, True):
+        with cluster(args.database_url, "churn") as run:
+            result = bench_churn(
+                run,
+                weights,
+                spec,
+                queue_job,
+                jobs=args.churn_jobs,
+                workers=args.churn_workers,
+                kill_every=args.kill_every if faults else None,
+                timeout=args.job_timeout,
+            )
+        out["faults" if faults else "no_faults"] = result
+        print(json.dumps(result), flush=True)
+    out["load_after"] = loadavg()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds each: a smoke test")
@@ -813,6 +844,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="throughput runs: pin worker i to CPU i (mod the CPUs this process may use)",
     )
+    parser.add_argument(
+        "--churn",
+        action="store_true",
+        help="instead: the fault benchmarks (bench/_churn.py; needs --database-url)",
+    )
+    parser.add_argument(
+        "--before", default=None, help="--churn: a checkout to time worker start-up against"
+    )
+    parser.add_argument("--churn-jobs", type=int, default=6)
+    parser.add_argument("--churn-workers", type=int, default=3)
+    parser.add_argument("--kill-every", type=float, default=10.0)
+    parser.add_argument("--skip-startup", action="store_true")
+    parser.add_argument("--skip-churn-runs", action="store_true")
     parser.add_argument("--skip-polling", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--out", default="bench/results", help="folder for the JSON")
@@ -842,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="rankopt-bench-weights-") as tmp:
         weights = train_weights(args.arch, args.dataset, Path(tmp))
+        if args.churn:
+            results["churn"] = bench_faults(args, weights)
+            args.skip_polling = args.skip_throughput = True
         if not args.skip_polling:
             results["polling"] = bench_polling(args, weights)
         if not args.skip_throughput:
@@ -850,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     results["cpu_pressure_after"] = cpu_pressure()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"service{'_quick' if args.quick else ''}.json"
+    name = "churn" if args.churn else "service"
+    path = out / f"{name}{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwrote {path}")
     return 0

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
 
 from tensorops.decompositions import unfold
 from tensorops.exceptions import RankError
@@ -128,6 +127,8 @@ def _estimate_noise(s: np.ndarray, n_rows: int, n_cols: int, x_bar: float, total
     )
     if not lower < upper:
         return upper
+    from scipy.optimize import minimize_scalar  # on first use: 1-2 s off every worker's start
+
     result = minimize_scalar(
         _free_energy,
         args=(n_rows, n_cols, s, x_bar),

@@ -36,8 +36,8 @@ EXIT_INTERRUPTED = 130
 COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "service.cli")
 
 DATASET_HELP = (
-    "digits, mnist5k, fashion-mnist, a .npz/.safetensors file with x_train,y_train,x_val,y_val "
-    "(optionally x_test,y_test), folder:PATH or cifar10:PATH"
+    "digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, a .npz/.safetensors file "
+    "with x_train,y_train,x_val,y_val (optionally x_test,y_test), folder:PATH or cifar10:PATH"
 )
 SPLIT_SEED_HELP = (
     "seed of the train/val/test split (default: %(default)s); it belongs to the data, not the "

@@ -23,6 +23,7 @@ from worker.data import (
     DataLimits,
     DataPathError,
     DatasetError,
+    SplitError,
     UnsafePickleError,
     list_builtin_datasets,
     load_arrays,
@@ -84,7 +85,38 @@ def test_builtin_loads(
 
 
 def test_list_builtin_datasets() -> None:
-    assert list_builtin_datasets() == ["digits", "fashion-mnist", "mnist5k"]
+    assert list_builtin_datasets() == [
+        "breast-cancer",
+        "breast-cancer-seq",
+        "digits",
+        "fashion-mnist",
+        "mnist5k",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("breast-cancer", (30,)), ("breast-cancer-seq", (3, 10))]
+)
+def test_tabular_builtins(name: str, shape: tuple[int, ...]) -> None:
+    bundle = load_dataset(name, split_seed=1)
+    assert bundle.name == name and bundle.input_shape == shape and bundle.num_classes == 2
+    assert bundle.y_test is not None and bundle.x_test is not None
+    assert bundle.x_test.shape[1:] == shape
+    assert len(bundle.y_train) + len(bundle.y_val) + len(bundle.y_test) == 569
+    assert set(bundle.y_val.tolist()) == {0, 1} and set(bundle.y_test.tolist()) == {0, 1}
+    assert abs(float(bundle.x_train.mean())) < 0.1 and 0.8 < float(bundle.x_train.std()) < 1.2
+    again = load_dataset(name, split_seed=1)
+    assert torch.equal(again.x_train, bundle.x_train)
+    assert torch.equal(again.y_test, bundle.y_test)
+
+
+def test_tabular_sequences_are_the_features_by_statistic() -> None:
+    flat, seq = load_dataset("breast-cancer"), load_dataset("breast-cancer-seq")
+    # Same seeded split; channel 0 holds the 10 means, 1 the standard errors, 2 the worst values.
+    assert torch.equal(seq.y_val, flat.y_val)
+    assert torch.equal(seq.x_val.reshape(-1, 30), flat.x_val)
+    assert seq.x_test is not None and flat.x_test is not None
+    assert torch.equal(seq.x_test.reshape(-1, 30), flat.x_test)
 
 
 def test_split_is_deterministic_per_seed(digits: DataBundle) -> None:
@@ -183,7 +215,11 @@ _INF_X[1, 0, 2, 3] = np.inf
 
 VALIDATION_CASES = {
     "missing key": Case(_with(y_val=None), "missing array(s) y_val"),
-    "x 2-D": Case(_with(x_train=np.zeros((12, 64), np.float32)), "x_train has shape (12, 64)"),
+    "x 1-D": Case(_with(x_train=np.zeros(12, np.float32)), "x_train has shape (12,)"),
+    "features differ": Case(
+        _with(x_train=np.zeros((12, 64), np.float32), x_val=np.zeros((6, 63), np.float32)),
+        "same shape",
+    ),
     "x 5-D": Case(_with(x_val=np.zeros((6, 1, 1, 8, 8), np.float32)), "5-D"),
     "y 2-D": Case(_with(y_train=np.zeros((12, 2), np.int64)), "y_train has shape"),
     "N mismatch": Case(_with(y_train=np.arange(11) % 3), "must match"),
@@ -328,6 +364,73 @@ def test_valid_arrays_load(
         assert float(bundle.x_train.min()) >= 0.0 and float(bundle.x_train.max()) <= 1.0
     np.testing.assert_allclose(bundle.x_train.numpy(), expected, rtol=1e-6)
     assert bundle.y_val.tolist() == arrays["y_val"].tolist()
+
+
+def _write_with_layout(tmp_path: Path, arrays: Arrays, fmt: str, layout: str) -> Path:
+    path = tmp_path / f"seq.{fmt}"
+    if fmt == "npz":
+        np.savez(path, layout=np.array(layout), **arrays)  # type: ignore[arg-type]
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(path), metadata={"layout": layout})
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_feature_vectors_load_as_they_are(tmp_path: Path, fmt: str, dtype: type) -> None:
+    arrays = _arrays(shape=(30,), dtype=dtype)
+    bundle = load_dataset(str(_write(tmp_path, arrays, fmt)))
+    assert bundle.input_shape == (30,) and bundle.x_train.shape == (12, 30)
+    # Features are not images: uint8 is cast, never scaled by 1/255.
+    np.testing.assert_array_equal(bundle.x_val.numpy(), arrays["x_val"].astype(np.float32))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_sequences_load_when_declared_ncl(tmp_path: Path, fmt: str) -> None:
+    arrays = _arrays(shape=(3, 10))
+    bundle = load_dataset(str(_write_with_layout(tmp_path, arrays, fmt, "NCL")))
+    assert bundle.input_shape == (3, 10) and bundle.x_train.shape == (12, 3, 10)
+    np.testing.assert_array_equal(bundle.x_train.numpy(), arrays["x_train"])
+    # Undeclared, the same 3-D arrays are still (N, H, W) grayscale images.
+    assert load_dataset(str(_write(tmp_path, arrays, fmt))).input_shape == (1, 3, 10)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+@pytest.mark.parametrize(("shape", "layout"), [((30,), None), ((3, 10), "NCL")])
+def test_features_and_sequences_with_a_test_split(
+    tmp_path: Path, fmt: str, shape: tuple[int, ...], layout: str | None
+) -> None:
+    def write(arrays: Arrays) -> Path:
+        if layout is None:
+            return _write(tmp_path, arrays, fmt)
+        return _write_with_layout(tmp_path, arrays, fmt, layout)
+
+    arrays = _arrays(shape=shape)
+    rng = np.random.default_rng(1)
+    arrays["x_test"] = rng.standard_normal((5, *shape)).astype(np.float32)
+    arrays["y_test"] = np.arange(5) % 3
+    bundle = load_dataset(str(write(arrays)))
+    assert bundle.input_shape == shape and bundle.x_test is not None
+    np.testing.assert_array_equal(bundle.x_test.numpy(), arrays["x_test"])
+    short = (*shape[:-1], shape[-1] - 1)  # one feature / position short
+    arrays["x_test"] = rng.standard_normal((5, *short)).astype(np.float32)
+    with pytest.raises(SplitError, match="x_test examples have shape"):
+        load_dataset(str(write(arrays)))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+@pytest.mark.parametrize(
+    ("shape", "layout", "word"),
+    [((1, 8, 8), "NCL", "layout NCL"), ((3, 10), "NLC", "layout must be one of NCL")],
+)
+def test_bad_sequence_layouts(
+    tmp_path: Path, fmt: str, shape: tuple[int, ...], layout: str, word: str
+) -> None:
+    path = _write_with_layout(tmp_path, _arrays(shape=shape), fmt, layout)
+    with pytest.raises(DatasetError, match=word):
+        load_dataset(str(path))
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])

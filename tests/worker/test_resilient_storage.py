@@ -9,19 +9,15 @@ second "worker" looking for stale trials all the while.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from service.procs import free_port
+from tests.pg_proxy import proxied
 from tests.postgres_support import require_postgres
 from tests.worker.pool_support import make_settings
 from worker.pool._resilient_storage import ResilientRDBStorage
@@ -149,76 +145,7 @@ def test_a_dead_workers_trial_is_still_reaped_and_retried(tmp_path: Path) -> Non
     assert optuna.trial.TrialState.WAITING in states  # queued again
 
 
-# -- the real outage: a TCP proxy in front of PostgreSQL ------------------------------------
-
-
-class _CuttableProxy:
-    """Forwards 127.0.0.1:<port> to PostgreSQL; ``cut()`` closes every connection and refuses
-    new ones until ``resume()``."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self._accepting: threading.Thread | None = None
-
-    def resume(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        self._accepting = threading.Thread(target=self._accept, args=(listener,), daemon=True)
-        self._accepting.start()
-
-    def cut(self) -> None:
-        assert self._listener is not None
-        self._listener.close()
-        with self._lock:
-            for conn in self._conns:
-                with suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            self._conns.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-
-@contextmanager
-def _proxied(url: str) -> Iterator[tuple[_CuttableProxy, str]]:
-    parsed = make_url(url)
-    proxy = _CuttableProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
-    proxy.resume()
-    try:
-        yield (
-            proxy,
-            parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
-        )
-    finally:
-        proxy.cut()
+# -- the real outage: a TCP proxy in front of PostgreSQL (tests/pg_proxy.py) ---------------
 
 
 @pytest.mark.slow
@@ -226,7 +153,7 @@ def test_a_trial_runs_once_across_a_postgres_outage_longer_than_twice_the_heartb
     tmp_path: Path,
 ) -> None:
     url = require_postgres()
-    with _proxied(url) as (proxy, proxied_url):
+    with proxied(url) as (proxy, proxied_url):
         settings = make_settings(tmp_path, proxied_url, trial_heartbeat_seconds=1)
         worker_a = optuna_storage(settings)
         worker_b = optuna_storage(settings)

@@ -58,7 +58,7 @@ from worker.pool._storage import (
     study_exists,
 )
 from worker.pool._trial import TrialOutcome, TrialRun, frozen_trial
-from worker.search import make_sampler, open_study, prepare
+from worker.search import make_sampler, open_study, prepare, recorded_preparation
 from worker.structured_logs import log_event, quiet_optuna
 from worker.training import resolve_device
 
@@ -287,7 +287,9 @@ class Worker:
         config = search_config_from_spec(spec, self.device, trials=job.trials_total)
         inputs = load_inputs(self.settings, job, spec)
         check()
-        ctx = PoolContext.of(prepare(inputs.model, inputs.data, config))
+        # A joining worker takes the baseline and the EVBMF ranks the prepare phase measured.
+        prepared = None if create else recorded_preparation(self.storage, job.study_name)
+        ctx = PoolContext.of(prepare(inputs.model, inputs.data, config, prepared=prepared))
         check()
         storage = self.storage
         if create:

@@ -8,7 +8,7 @@ candidates (:mod:`worker.search._candidates`), writes the checkpoint, the typed
 
 from worker.search._candidates import best_feasible, fallback_candidate, verification_candidates
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
-from worker.search._context import SearchContext, prepare
+from worker.search._context import PREPARED_ATTR, SearchContext, prepare, prepared_summary
 from worker.search._finalize import SearchResult, finalize
 from worker.search._latency import measure_latency, measure_speedup, median_ratio, time_rounds
 from worker.search._objective import make_objective
@@ -25,6 +25,7 @@ from worker.search._study import (
     finished_trials,
     make_sampler,
     open_study,
+    recorded_preparation,
     requeue_seed,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "CONSTRAINT_ATTR",
     "INTERRUPTED_ATTR",
     "OBJECTIVES",
+    "PREPARED_ATTR",
     "PRUNERS",
     "SAMPLERS",
     "SEED_ATTR",
@@ -58,6 +60,8 @@ __all__ = [
     "pareto_front",
     "plan_from_params",
     "prepare",
+    "prepared_summary",
+    "recorded_preparation",
     "requeue_seed",
     "run_search",
     "run_trials",

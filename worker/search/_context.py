@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from worker.training import (
 from worker.training._loop import steps_per_epoch
 
 logger = logging.getLogger(__name__)
+
+#: Study user attribute with what :func:`prepare` measured once (see :func:`prepared_summary`).
+PREPARED_ATTR = "prepared"
 
 
 @dataclass
@@ -364,25 +367,70 @@ class SearchContext:
         return self.baseline_latency / max(speedup, 1e-12)
 
 
-def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchContext:
-    """Evaluate the original model, take its inventory and estimate EVBMF ranks per layer."""
+def prepared_summary(ctx: SearchContext) -> dict[str, Any]:
+    """What :func:`prepare` measured that a worker joining the search can take instead of
+    measuring again: the baseline's accuracy and loss and the EVBMF ranks of every layer's
+    choices (the search space). Small JSON, kept on the study (:data:`PREPARED_ATTR`)."""
+    return {
+        "baseline_accuracy": ctx.baseline_accuracy,
+        "baseline_loss": ctx.baseline_loss,
+        "spaces": [
+            {
+                "name": space.name,
+                "methods": list(space.methods),
+                "seed_ranks": {m: list(r) for m, r in space.seed_ranks.items()},
+                "raw_ranks": {m: list(r) for m, r in space.raw_ranks.items()},
+            }
+            for space in ctx.spaces
+        ],
+    }
+
+
+def _spaces_of(summary: Mapping[str, Any]) -> list[LayerSpace]:
+    return [
+        LayerSpace(
+            name=str(item["name"]),
+            methods=tuple(str(m) for m in item["methods"]),
+            seed_ranks={str(m): tuple(int(r) for r in v) for m, v in item["seed_ranks"].items()},
+            raw_ranks={str(m): tuple(int(r) for r in v) for m, v in item["raw_ranks"].items()},
+        )
+        for item in summary["spaces"]
+    ]
+
+
+def prepare(
+    model: nn.Module,
+    data: DataBundle,
+    config: SearchConfig,
+    *,
+    prepared: Mapping[str, Any] | None = None,
+) -> SearchContext:
+    """Evaluate the original model, take its inventory and estimate EVBMF ranks per layer.
+
+    With ``prepared`` (a :func:`prepared_summary` read from the study another process
+    prepared) the baseline evaluation and the EVBMF estimates are taken from it, not measured
+    again: a worker joining a search starts sooner and searches the very same space.
+    """
     started = time.perf_counter()
     device = resolve_device(config.device)
     model = model.to("cpu").eval()
     example = data.example_input(1)
     loader = LoaderOptions(num_workers=config.num_workers)
-    baseline = evaluate(model, data, device=device, loader=loader)
-    search_baseline = evaluate(
-        model,
-        data,
-        device=device,
-        max_samples=val_budget(config, len(data.y_val)),
-        seed=config.seed,
-        loader=loader,
-    )
+    if prepared is None:
+        baseline = evaluate(model, data, device=device, loader=loader)
+        accuracy, loss = baseline.accuracy, baseline.loss
+    else:
+        accuracy = float(prepared["baseline_accuracy"])
+        loss = float(prepared["baseline_loss"])
+    budget = val_budget(config, len(data.y_val))
+    search_accuracy = accuracy
+    if budget is not None:  # the original on the search's validation subset
+        search_accuracy = evaluate(
+            model, data, device=device, max_samples=budget, seed=config.seed, loader=loader
+        ).accuracy
     model = model.to("cpu")
     layers = inventory(model, example)
-    spaces = build_space(model, layers, config)
+    spaces = build_space(model, layers, config) if prepared is None else _spaces_of(prepared)
     timing_example = batch_of(data, config.latency_batch_size)
     latency = None
     if config.objective == "latency" or config.max_latency_ratio is not None:
@@ -399,10 +447,11 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
             teacher = copy.deepcopy(model).eval()
     model = model.to("cpu")
     logger.info(
-        "baseline accuracy %.4f, %d layers, %d searchable, prepared in %.1fs",
-        baseline.accuracy,
+        "baseline accuracy %.4f, %d layers, %d searchable, %s in %.1fs",
+        accuracy,
         len(layers),
         len(spaces),
+        "prepared" if prepared is None else "loaded from the study",
         time.perf_counter() - started,
     )
     return SearchContext(
@@ -413,13 +462,13 @@ def prepare(model: nn.Module, data: DataBundle, config: SearchConfig) -> SearchC
         example=example,
         layers=layers,
         spaces=spaces,
-        baseline_accuracy=baseline.accuracy,
-        baseline_loss=baseline.loss,
+        baseline_accuracy=accuracy,
+        baseline_loss=loss,
         baseline_cost=measure_cost(model, example),
         baseline_latency=latency,
         teacher_logits=table,
         teacher=teacher,
-        search_baseline_accuracy=search_baseline.accuracy,
+        search_baseline_accuracy=search_accuracy,
         latency_example=timing_example,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -11,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from worker.search._calibrate import LR_CALIBRATION_ATTR, LrCalibration
 from worker.search._config import SearchConfig
-from worker.search._context import SearchContext
+from worker.search._context import PREPARED_ATTR, SearchContext, prepared_summary
 from worker.search._pruning import FeasibilityPruner
 from worker.search._seeds import seed_budget, seed_trials
 
@@ -117,6 +118,8 @@ def open_study(
         ctx.lr_calibration = LrCalibration.from_dict(recorded)
     elif not existing:
         study.set_user_attr(LR_CALIBRATION_ATTR, ctx.calibrate_lr().to_dict())
+    if PREPARED_ATTR not in study.user_attrs:
+        study.set_user_attr(PREPARED_ATTR, prepared_summary(ctx))
     if recorded is not None or existing:
         logger.info("fine-tuning at x%g of the schedule's rates (from the study)", ctx.lr_scale)
     if not existing and config.seeding:
@@ -138,6 +141,19 @@ def open_study(
             logger.warning("failed trial %d left running by an interrupted run", trial.number)
             requeue_seed(study, trial)
     return study
+
+
+def recorded_preparation(
+    storage: optuna.storages.BaseStorage, study_name: str
+) -> dict[str, Any] | None:
+    """The :func:`~worker.search._context.prepared_summary` kept on the study (None when the
+    study or the attribute does not exist: a study of an older release)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return None
+    recorded = storage.get_study_user_attrs(study_id).get(PREPARED_ATTR)
+    return dict(recorded) if isinstance(recorded, dict) else None
 
 
 def requeue_seed(study: optuna.Study, trial: FrozenTrial) -> None:
