@@ -174,6 +174,37 @@ class JobOptions(BaseModel):
     schedule: ScheduleOptions = Field(default_factory=ScheduleOptions)
     optimizer: Literal["sgd", "adamw"] = Field(default="adamw", description="fine-tuning optimizer")
     batch_size: int = Field(default=64, ge=1, le=65_536, description="fine-tuning batch size")
+    trial_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="training examples per trial epoch, a fresh seeded random subset each "
+        "epoch (none: the whole training split up to 10,000)",
+    )
+    val_samples: int | None = Field(
+        default=5000,
+        ge=1,
+        le=100_000_000,
+        description="validation examples of the search's evaluations (trials, pruner, "
+        "calibration, sensitivity), a fixed seeded subset (none, or 0 on the command line: the "
+        "whole split); "
+        "verification and the report use the whole split",
+    )
+    final_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="training examples per epoch of the final fine-tunes (none: the whole "
+        "training split)",
+    )
+    augment: Literal["none", "crop-flip", "imagenet"] = Field(
+        default="none",
+        description="train-time augmentation: none, crop-flip (pad 4, random crop, "
+        "horizontal flip), imagenet (random resized crop, flip)",
+    )
+    num_workers: int = Field(
+        default=0, ge=0, le=64, description="DataLoader worker processes (0: read in-process)"
+    )
 
     @field_validator("rank_scale")
     @classmethod

@@ -17,7 +17,13 @@ from service.names import ARCH_RE, SERVER_DATA_RE
 
 __all__ = ["BUILTIN_DATASETS", "DATASET_UPLOAD", "EXPORTS", "JobSpec", "ScheduleSpec"]
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist5k", "fashion-mnist")
+BUILTIN_DATASETS: tuple[str, ...] = (
+    "digits",
+    "mnist5k",
+    "fashion-mnist",
+    "breast-cancer",
+    "breast-cancer-seq",
+)
 DATASET_UPLOAD = "upload"  # the dataset comes as the job's uploaded file
 EXPORTS: tuple[str, ...] = ("torchscript", "onnx")
 
@@ -31,9 +37,10 @@ class JobSpec(JobOptions):
 
     ``arch`` names a zoo model (``rankopt:lenet5``, ``torchvision:resnet18``) or an
     operator-allowed factory (``package.module:function``; the worker refuses one that is not
-    in ``RANKOPT_ALLOWED_FACTORIES``). ``dataset`` is ``digits``, ``mnist5k``, ``fashion-mnist``,
-    ``upload`` (the file sent with the job) or ``folder:PATH`` / ``cifar10:PATH`` under an
-    allowed data root, split by ``split_seed`` (the data's seed: keep the starting model's).
+    in ``RANKOPT_ALLOWED_FACTORIES``). ``dataset`` is a built-in (``digits``, ``mnist5k``,
+    ``fashion-mnist``, ``breast-cancer``, ``breast-cancer-seq``), ``upload`` (the file sent with
+    the job) or ``folder:PATH`` / ``cifar10:PATH`` under an allowed data root, split by
+    ``split_seed`` (the data's seed: keep the starting model's).
     """
 
     arch: str = Field(min_length=3, max_length=200)

@@ -28,16 +28,19 @@ class Cost:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One Conv2d or Linear layer as seen in a traced forward pass.
+    """One Conv2d, Conv1d or Linear layer as seen in a traced forward pass.
 
     ``input_size`` and ``output_size`` are the spatial (H, W) sizes; for a Linear they are
     ``(positions, 1)``, positions being how many vectors per example it is applied to (1 for a
-    classifier head). ``compressible`` says whether any registered method applies; ``reason``
-    says why not when it is False.
+    classifier head or an MLP on ``(N, F)`` features). A Conv1d is described as the 2-D
+    convolution with a width of 1: ``kernel_size`` ``(k, 1)``, ``stride``/``dilation``
+    ``(s, 1)``/``(d, 1)``, ``padding`` ``(p, 0)`` (or its string), sizes ``(L, 1)``, so that
+    the 2-D cost formulas hold for it unchanged. ``compressible`` says whether any registered
+    method applies; ``reason`` says why not when it is False.
     """
 
     name: str
-    kind: Literal["conv2d", "linear"]
+    kind: Literal["conv2d", "conv1d", "linear"]
     weight_shape: tuple[int, ...]
     in_channels: int
     out_channels: int

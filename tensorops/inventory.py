@@ -1,20 +1,25 @@
-"""Inventory of a model's Conv2d and Linear layers, traced with one forward pass.
+"""Inventory of a model's Conv2d, Conv1d and Linear layers, traced with one forward pass.
 
 Also the hook-based cost counter used as ground truth for the closed-form cost model:
-multiply-accumulates (MACs) of every Conv2d and Linear per example, and parameter counts.
+multiply-accumulates (MACs) of every Conv2d, Conv1d and Linear per example, and parameter counts.
+Inputs may be images ``(N, C, H, W)``, sequences ``(N, C, L)`` or feature vectors ``(N, F)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
 from tensorops._types import Cost, LayerInfo
-from tensorops.layers._geometry import ConvGeometry
+from tensorops.layers._geometry import ConvGeometry, Padding
 from tensorops.methods import applicable_methods, refusal_reason
+
+#: The dense-kernel layers that the inventory lists and the cost counter counts.
+_COUNTED = (nn.Conv2d, nn.Conv1d, nn.Linear)
 
 
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -23,6 +28,8 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return per_example * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Conv1d):
+        return per_example * (module.in_channels // module.groups) * module.kernel_size[0]
     if isinstance(module, nn.Linear):
         return per_example * module.in_features
     return 0
@@ -34,7 +41,7 @@ def _hooks(
 ) -> Iterator[None]:
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, _COUNTED):
 
             def hook(
                 mod: nn.Module,
@@ -105,7 +112,7 @@ def _flop_hooks(model: nn.Module, names: list[str], add: Callable[[int], None]) 
 
 
 def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
-    """Count parameters and per-example MACs of every Conv2d/Linear by running ``model`` once.
+    """Count parameters and per-example MACs of every Conv2d/Conv1d/Linear by running ``model``.
 
     Layers that set :data:`COUNTS_MACS_BY_FLOPS` are measured with a FLOP counter instead.
     """
@@ -136,7 +143,7 @@ def _run(model: nn.Module, example_input: torch.Tensor) -> None:
 
 
 def inventory(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
-    """List every Conv2d and Linear of ``model`` in forward order, with shapes and costs.
+    """List every Conv2d, Conv1d and Linear of ``model`` in forward order, with shapes and costs.
 
     ``example_input`` is one batch the model accepts (batch size 1 is enough). Layers that the
     forward pass never reaches are listed last, as not compressible.
@@ -155,7 +162,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
         _run(model, example_input)
     layers = list(seen.values())
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in seen:
+        if isinstance(module, _COUNTED) and name not in seen:
             layers.append(_describe_unreached(name, module))
     return layers
 
@@ -169,70 +176,84 @@ def _describe(
     compressible: bool,
     reason: str | None,
 ) -> LayerInfo:
-    params = sum(p.numel() for p in module.parameters(recurse=False))
-    macs = _layer_macs(module, out)
-    if isinstance(module, nn.Conv2d):
-        geometry = ConvGeometry.of(module)
-        return LayerInfo(
-            name=name,
-            kind="conv2d",
-            weight_shape=tuple(module.weight.shape),
-            in_channels=module.in_channels,
-            out_channels=module.out_channels,
-            kernel_size=geometry.kernel_size,
-            stride=geometry.stride,
-            padding=geometry.padding,
-            dilation=geometry.dilation,
-            groups=module.groups,
-            has_bias=module.bias is not None,
-            input_size=(int(inp.shape[-2]), int(inp.shape[-1])),
-            output_size=(int(out.shape[-2]), int(out.shape[-1])),
-            params=int(params),
-            macs=int(macs),
-            compressible=compressible,
-            reason=reason,
-        )
-    assert isinstance(module, nn.Linear)
-    positions = out.numel() // max(int(out.shape[0]), 1) // module.out_features
+    fields = _layout(module)
+    if fields["kind"] == "conv2d":
+        sizes = (int(inp.shape[-2]), int(inp.shape[-1])), (int(out.shape[-2]), int(out.shape[-1]))
+    elif fields["kind"] == "conv1d":
+        sizes = (int(inp.shape[-1]), 1), (int(out.shape[-1]), 1)
+    else:
+        positions = out.numel() // max(int(out.shape[0]), 1) // fields["out_channels"]
+        sizes = (positions, 1), (positions, 1)
     return LayerInfo(
         name=name,
-        kind="linear",
-        weight_shape=tuple(module.weight.shape),
-        in_channels=module.in_features,
-        out_channels=module.out_features,
-        kernel_size=(1, 1),
-        stride=(1, 1),
-        padding=(0, 0),
-        dilation=(1, 1),
-        groups=1,
-        has_bias=module.bias is not None,
-        input_size=(positions, 1),
-        output_size=(positions, 1),
-        params=int(params),
-        macs=int(macs),
+        **fields,
+        input_size=sizes[0],
+        output_size=sizes[1],
+        params=sum(p.numel() for p in module.parameters(recurse=False)),
+        macs=int(_layer_macs(module, out)),
         compressible=compressible,
         reason=reason,
     )
 
 
-def _describe_unreached(name: str, module: nn.Module) -> LayerInfo:
+def _layout(module: nn.Module) -> dict[str, Any]:
+    """Kind, shapes and geometry of a Conv2d, Conv1d (as a width-1 2-D conv) or Linear."""
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
-    is_conv = isinstance(module, nn.Conv2d)
+    fields: dict[str, Any] = {
+        "weight_shape": tuple(weight.shape),
+        "has_bias": getattr(module, "bias", None) is not None,
+    }
+    if isinstance(module, nn.Conv2d):
+        geometry = ConvGeometry.of(module)
+        return fields | {
+            "kind": "conv2d",
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": geometry.kernel_size,
+            "stride": geometry.stride,
+            "padding": geometry.padding,
+            "dilation": geometry.dilation,
+            "groups": module.groups,
+        }
+    if isinstance(module, nn.Conv1d):
+        padding: Padding = (
+            module.padding
+            if isinstance(module.padding, str)
+            else (
+                module.padding[0],
+                0,
+            )
+        )
+        return fields | {
+            "kind": "conv1d",
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": (module.kernel_size[0], 1),
+            "stride": (module.stride[0], 1),
+            "padding": padding,
+            "dilation": (module.dilation[0], 1),
+            "groups": module.groups,
+        }
+    assert isinstance(module, nn.Linear)
+    return fields | {
+        "kind": "linear",
+        "in_channels": module.in_features,
+        "out_channels": module.out_features,
+        "kernel_size": (1, 1),
+        "stride": (1, 1),
+        "padding": (0, 0),
+        "dilation": (1, 1),
+        "groups": 1,
+    }
+
+
+def _describe_unreached(name: str, module: nn.Module) -> LayerInfo:
+    """A layer the forward pass never reached: its kernel, but no geometry, sizes or MACs."""
+    fields = _layout(module) | {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1)}
     return LayerInfo(
         name=name,
-        kind="conv2d" if is_conv else "linear",
-        weight_shape=tuple(weight.shape),
-        in_channels=int(weight.shape[1]) * (module.groups if isinstance(module, nn.Conv2d) else 1),
-        out_channels=int(weight.shape[0]),
-        kernel_size=ConvGeometry.of(module).kernel_size
-        if isinstance(module, nn.Conv2d)
-        else (1, 1),
-        stride=(1, 1),
-        padding=(0, 0),
-        dilation=(1, 1),
-        groups=module.groups if isinstance(module, nn.Conv2d) else 1,
-        has_bias=getattr(module, "bias", None) is not None,
+        **fields,
         input_size=(0, 0),
         output_size=(0, 0),
         params=sum(p.numel() for p in module.parameters(recurse=False)),

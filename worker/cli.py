@@ -36,8 +36,8 @@ EXIT_INTERRUPTED = 130
 COMMAND_MODULES: tuple[str, ...] = ("worker.cli_pool", "service.cli")
 
 DATASET_HELP = (
-    "digits, mnist5k, fashion-mnist, a .npz/.safetensors file with x_train,y_train,x_val,y_val "
-    "(optionally x_test,y_test), folder:PATH or cifar10:PATH"
+    "digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, a .npz/.safetensors file "
+    "with x_train,y_train,x_val,y_val (optionally x_test,y_test), folder:PATH or cifar10:PATH"
 )
 SPLIT_SEED_HELP = (
     "seed of the train/val/test split (default: %(default)s); it belongs to the data, not the "
@@ -269,6 +269,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 "baseline_accuracy": report["baseline"]["accuracy"],
                 "final_accuracy": final["accuracy"],
                 "accuracy_drop": final["accuracy_drop"],
+                "baseline_test_accuracy": report["baseline"]["test_accuracy"],
+                "final_test_accuracy": final["test_accuracy"],
+                "test_accuracy_drop": final["test_accuracy_drop"],
+                "test_constraint_met": final["test_constraint_met"],
+                "test_note": report["test_note"],
                 "params_ratio": report["ratios"]["params"],
                 "macs_ratio": report["ratios"]["macs"],
                 "latency_ratio": final["latency_ratio"],

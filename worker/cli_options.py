@@ -32,7 +32,7 @@ FLAGS: dict[str, str] = {
     "schedule.max_lr": "--max-lr",
     "schedule.cycle_epochs": "--cycle-epochs",
 }
-_ZERO_MEANS_NONE = frozenset({"push_factor"})
+_ZERO_MEANS_NONE = frozenset({"push_factor", "val_samples"})
 _PREFIX = "option:"  # argparse dest of an option: "option:<path>"
 
 

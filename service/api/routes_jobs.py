@@ -237,6 +237,8 @@ def get_result(job: OwnedJob, state: State) -> ResultOut:
             "verification": report.get("verification") or [],
             "arch": report.get("arch"),
             "data": report.get("data"),
+            "test": report.get("test"),
+            "test_note": report.get("test_note"),
             "search": report.get("search"),
             "artifacts": [artifact_out(a) for a in artifacts],
         }

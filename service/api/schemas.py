@@ -191,7 +191,11 @@ class Measurement(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    accuracy: float | None = None
+    accuracy: float | None = Field(default=None, description="on the validation split")
+    val_accuracy: float | None = Field(default=None, description="on the validation split")
+    test_accuracy: float | None = Field(
+        default=None, description="on the held-out test split (none: the data has no test split)"
+    )
     params: int | None = None
     macs: int | None = None
     latency_s: float | None = None
@@ -200,7 +204,19 @@ class Measurement(BaseModel):
 class FinalMeasurement(Measurement):
     """Accuracy and cost of the compressed model."""
 
-    accuracy_drop: float | None = Field(default=None, description="in accuracy points")
+    accuracy_drop: float | None = Field(
+        default=None, description="in accuracy points, on validation (what the tolerance judges)"
+    )
+    val_accuracy_drop: float | None = Field(
+        default=None, description="in accuracy points, on the validation split"
+    )
+    test_accuracy_drop: float | None = Field(
+        default=None, description="in accuracy points, on the held-out test split (none: no test)"
+    )
+    test_constraint_met: bool | None = Field(
+        default=None,
+        description="whether the test drop is within the tolerance too (none: no test split)",
+    )
     latency_ratio: float | None = Field(
         default=None, description="measured latency over the original's (under 1: faster)"
     )
@@ -253,6 +269,15 @@ class ResultOut(BaseModel):
     )
     arch: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
+    test: dict[str, Any] | None = Field(
+        default=None,
+        description="baseline_accuracy, final_accuracy, accuracy_drop, constraint_met and n on "
+        "the held-out test split, read only after the choice (none: no test split, see "
+        "test_note)",
+    )
+    test_note: str | None = Field(
+        default=None, description="where the test split came from, or why there is none"
+    )
     search: dict[str, Any] | None = Field(default=None, description="the search configuration")
     artifacts: list[ArtifactOut]
 

@@ -437,8 +437,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument(
         "--dataset",
         default=None,
-        help="digits, mnist5k, fashion-mnist, folder:PATH or cifar10:PATH on the server, or a "
-        "local .npz/.safetensors file to upload",
+        help="digits, mnist5k, fashion-mnist, breast-cancer, breast-cancer-seq, folder:PATH or "
+        "cifar10:PATH on the server, or a local .npz/.safetensors file to upload",
     )
     submit.add_argument("--trials", type=int, default=None)
     submit.add_argument("--max-accuracy-drop", type=float, default=None, help="accuracy points")

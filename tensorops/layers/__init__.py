@@ -1,6 +1,7 @@
 """Factorised layers built from dense ``nn.Conv2d`` and ``nn.Linear`` layers."""
 
 from tensorops.layers._btd_conv import BTDConv2d
+from tensorops.layers._conv1d import LowRankConv1d, Tucker2Conv1d, conv1d_refusal
 from tensorops.layers._cp_conv import CPConv2d
 from tensorops.layers._geometry import ConvGeometry
 from tensorops.layers._low_rank import LowRankConv2d, LowRankLinear
@@ -18,6 +19,7 @@ __all__ = [
     "BTDConv2d",
     "CPConv2d",
     "ConvGeometry",
+    "LowRankConv1d",
     "LowRankConv2d",
     "LowRankLinear",
     "NTTLinear",
@@ -29,7 +31,9 @@ __all__ = [
     "TTConv2d",
     "TTLinear",
     "TTTuckerConv2d",
+    "Tucker2Conv1d",
     "Tucker2Conv2d",
+    "conv1d_refusal",
     "conv_refusal",
     "factorize_modes",
     "tt_matrix_forward",

@@ -14,6 +14,11 @@ def conv_refusal(conv: nn.Module) -> str | None:
     """Why ``conv`` cannot be factorised, or None when it can."""
     if type(conv) is not nn.Conv2d:
         return f"{type(conv).__name__} is not a plain nn.Conv2d"
+    return groups_refusal(conv)
+
+
+def groups_refusal(conv: nn.Conv2d | nn.Conv1d) -> str | None:
+    """Why a grouped or depthwise ``conv`` cannot be factorised, or None when groups == 1."""
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         return (

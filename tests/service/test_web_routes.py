@@ -133,7 +133,13 @@ def test_ui_config_gives_the_servers_own_spec_rules(
     config = api.get("/ui/config").json()
     assert config["spec_schema"] == JobSpec.model_json_schema()
     assert config["max_upload_bytes"] == api_settings.max_upload_bytes
-    assert set(config["builtin_datasets"]) == {"digits", "mnist5k", "fashion-mnist"}
+    assert set(config["builtin_datasets"]) == {
+        "digits",
+        "mnist5k",
+        "fashion-mnist",
+        "breast-cancer",
+        "breast-cancer-seq",
+    }
     arch = re.compile(config["arch_pattern"])
     for value in ["rankopt:lenet5", "torchvision:resnet18", "mypkg.models:build", "lenet", "a:b c"]:
         try:

@@ -22,11 +22,20 @@ LAYERS = {
     "conv1x1": lambda: nn.Conv2d(6, 10, 1),
     "grouped": lambda: nn.Conv2d(6, 12, 3, groups=3),
     "linear": lambda: nn.Linear(20, 7),
+    "conv1d_k3": lambda: nn.Conv1d(6, 10, 3, padding=1),
+    "conv1d_k5_stride2_dilated": lambda: nn.Conv1d(6, 8, 5, stride=2, dilation=2, bias=False),
+    "conv1d_same_reflect": lambda: nn.Conv1d(6, 8, 4, padding="same", padding_mode="reflect"),
+    "conv1d_k1": lambda: nn.Conv1d(6, 10, 1),
+    "conv1d_grouped": lambda: nn.Conv1d(6, 12, 3, groups=3),
 }
 
 
 def _input(name: str) -> torch.Tensor:
-    return torch.randn(1, 20) if name == "linear" else torch.randn(1, 6, 15, 14)
+    if name == "linear":
+        return torch.randn(1, 20)
+    if name.startswith("conv1d"):
+        return torch.randn(1, 6, 15)
+    return torch.randn(1, 6, 15, 14)
 
 
 def _half_ranks(method_name: str, module: nn.Module) -> tuple[int, ...]:

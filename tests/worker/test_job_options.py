@@ -73,6 +73,11 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "lc_mu_factor": ("3", 3.0),
         "lc_steps": ("4", 4),
         "lc_factor_epochs": ("0", 0),
+        "trial_samples": ("500", 500),
+        "val_samples": ("300", 300),
+        "final_samples": ("2000", 2000),
+        "augment": ("crop-flip", "crop-flip"),
+        "num_workers": ("2", 2),
     }
     args: list[str] = ["--pareto", "--no-seeding"]
     for name, (text, _) in values.items():
@@ -89,6 +94,7 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
     covered = {*values, "pareto", "seeding", "schedule"}
     assert covered == set(JobOptions.model_fields)
     assert _cli_options("--push-factor", "0").push_factor is None
+    assert _cli_options("--val-samples", "0").val_samples is None
 
 
 @pytest.mark.parametrize(

@@ -198,7 +198,7 @@ def test_lc_leaves_the_original_untouched(trained: nn.Module, data: DataBundle) 
 def test_search_with_lc_for_the_final_model(
     trained: nn.Module, data: DataBundle, tmp_path: Path
 ) -> None:
-    from tests.worker.test_search import memory_search, quick_config
+    from tests.worker.search_support import memory_search, quick_config
 
     config = quick_config(
         trials=2, final_epochs=2, final_finetune_mode="lc", lc_steps=2, lc_factor_epochs=1

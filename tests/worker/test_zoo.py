@@ -33,6 +33,8 @@ RANKOPT_MODELS = [
     "rankopt:lenet500_300",
     "rankopt:minivgg",
     "rankopt:resnet20",
+    "rankopt:tabular_cnn1d",
+    "rankopt:tabular_mlp",
     "rankopt:tinycnn",
     "rankopt:vgg11_bn",
     "rankopt:vgg16_bn",
@@ -85,16 +87,15 @@ def test_rankopt_model_defaults_to_ten_classes_and_documents_its_input(name: str
     with torch.no_grad():
         out = model.eval()(torch.zeros(2, *input_shape(name)))
     assert out.shape == (2, 10)
-    c, h, w = input_shape(name)
-    assert f"{c}x{h}x{w}" in (type(model).__doc__ or "")
+    assert "x".join(str(d) for d in input_shape(name)) in (type(model).__doc__ or "")
 
 
 @pytest.mark.parametrize("name", RANKOPT_MODELS)
 def test_rankopt_model_accepts_other_in_channels(name: str) -> None:
-    _, h, w = input_shape(name)
+    rest = input_shape(name)[1:]
     model = get_model(name, in_channels=2, num_classes=4).eval()
     with torch.no_grad():
-        assert model(torch.zeros(2, 2, h, w)).shape == (2, 4)
+        assert model(torch.zeros(2, 2, *rest)).shape == (2, 4)
 
 
 def test_input_shapes() -> None:
@@ -104,6 +105,8 @@ def test_input_shapes() -> None:
     assert input_shape("rankopt:tinycnn") == (1, 8, 8)
     assert input_shape("rankopt:vgg11_bn") == (3, 32, 32)
     assert input_shape("rankopt:resnet20") == (3, 32, 32)
+    assert input_shape("rankopt:tabular_mlp") == (30,)
+    assert input_shape("rankopt:tabular_cnn1d") == (3, 10)
     assert input_shape("torchvision:resnet18") == (3, 224, 224)
     assert input_shape("torchvision:inception_v3") == (3, 299, 299)
     with pytest.raises(UnknownModelError):
@@ -300,7 +303,9 @@ def test_register_model_rejects_bad_registrations() -> None:
     with pytest.raises(ValueError, match="<prefix>:<name>"):
         register_model("no_prefix", input_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="input_shape"):
-        register_model("test:mine", input_shape=(3, 8))  # type: ignore[arg-type]
+        register_model("test:mine", input_shape=(3, 8, 8, 8))
+    with pytest.raises(ValueError, match="input_shape"):
+        register_model("test:mine", input_shape=())
     with pytest.raises(ValueError, match="input_shape"):
         register_model("test:mine", input_shape=(3, 0, 8))
 

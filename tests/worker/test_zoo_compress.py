@@ -33,7 +33,16 @@ TORCHVISION = [
     "regnet_y_400mf",
     "googlenet",
 ]
-OURS = ["vgg11_bn", "vgg16_bn", "resnet20", "lenet5", "lenet500_300", "tinycnn"]
+OURS = [
+    "vgg11_bn",
+    "vgg16_bn",
+    "resnet20",
+    "lenet5",
+    "lenet500_300",
+    "tinycnn",
+    "tabular_mlp",
+    "tabular_cnn1d",
+]
 CASES = [f"torchvision:{n}" for n in TORCHVISION] + [f"rankopt:{n}" for n in OURS]
 
 
@@ -43,8 +52,8 @@ def half_rank_plan(model: nn.Module, example: torch.Tensor, *, use_cp: bool) -> 
         if not info.compressible:
             continue
         module = model.get_submodule(info.name)
-        spatial = info.kind == "conv2d" and info.kernel_size != (1, 1)
-        name = ("cp" if use_cp else "tucker2") if spatial else "svd"
+        spatial = info.kind in ("conv2d", "conv1d") and info.kernel_size != (1, 1)
+        name = ("cp" if use_cp and info.kind == "conv2d" else "tucker2") if spatial else "svd"
         method = get_method(name)
         ranks = tuple(max(1, r // 2) for r in method.max_ranks(module))
         if name == "cp":  # half of the channel width, not half of the generic CP bound
@@ -59,10 +68,10 @@ def test_half_rank_compression_round_trip(arch: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     kwargs = {"num_classes": 10}
     model = get_model(arch, **kwargs).eval()
-    channels, height, width = input_shape(arch)
+    shape = input_shape(arch)
     if arch.startswith("torchvision:"):
-        height = width = 64
-    example = torch.randn(2, channels, height, width)
+        shape = (shape[0], 64, 64)
+    example = torch.randn(2, *shape)
     use_cp = arch in ("rankopt:lenet5", "rankopt:resnet20", "rankopt:tinycnn")
     plan = half_rank_plan(model, example, use_cp=use_cp)
     assert len(plan) > 0

@@ -1,9 +1,13 @@
 """Uploaded arrays: a ``.npz`` or ``.safetensors`` file holding ``x_train, y_train, x_val, y_val``
-and, optionally, a held-out test split ``x_test, y_test`` (both or neither; same image shape).
+and, optionally, a held-out test split ``x_test, y_test`` (both or neither; same example shape).
 
 Accepted layouts of ``x_*``:
 
-* 3-D ``(N, H, W)``: one channel is added, giving ``(N, 1, H, W)``;
+* 2-D ``(N, F)``: feature vectors (for MLPs), used as they are;
+* 3-D ``(N, C, L)``: sequences (for 1-D CNNs), when the file declares the layout ``NCL``: an
+  npz member ``layout`` holding the string (``np.savez(..., layout=np.array("NCL"))``), or the
+  safetensors metadata entry ``{"layout": "NCL"}``;
+* 3-D ``(N, H, W)`` otherwise: one channel is added, giving ``(N, 1, H, W)``;
 * 4-D ``(N, C, H, W)``;
 * 4-D ``(N, H, W, C)`` when the last dimension is 1 or 3 and the second is not (channels-last, as
   Keras and PIL write it); it is transposed to ``(N, C, H, W)``. A shape such as
@@ -12,7 +16,7 @@ Accepted layouts of ``x_*``:
 ``y_*`` are ``(N,)`` (or ``(N, 1)``) class labels, integer dtype or whole-valued floats, in
 ``[0, num_classes)`` where ``num_classes = max(label) + 1``.
 
-The images are used as given, since the uploaded model was trained on a preprocessing this
+The examples are used as given, since the uploaded model was trained on a preprocessing this
 service cannot know: ``uint8`` images are scaled by 1/255 to ``[0, 1]``; every other dtype is only
 cast to float32. Upload the arrays preprocessed the way the model expects them.
 
@@ -42,6 +46,13 @@ __all__ = ["ARRAY_KEYS", "TEST_KEYS", "load_arrays", "open_arrays"]
 logger = logging.getLogger(__name__)
 
 ARRAY_KEYS = ("x_train", "y_train", "x_val", "y_val")
+#: The npz member or safetensors metadata key that declares the layout of 3-D ``x_*``.
+LAYOUT_KEY = "layout"
+_LAYOUTS = ("NCL",)
+_EXPECTED_RANKS = (
+    "expected 2-D (N, F) features, 3-D (N, H, W) images or (N, C, L) sequences (declared "
+    f"with {LAYOUT_KEY}='NCL'), or 4-D (N, C, H, W) or (N, H, W, C) images with C of 1 or 3"
+)
 TEST_KEYS = ("x_test", "y_test")
 _ALL_KEYS = ARRAY_KEYS + TEST_KEYS
 _NUMERIC_KINDS = "uif"  # unsigned, signed integer, floating point
@@ -112,15 +123,16 @@ def open_arrays(
     limits.check_file_bytes(f"dataset file {file.name!r}", file.stat().st_size)
     suffix = file.suffix.lower()
     if suffix == ".npz":
-        arrays = _read_npz(file, limits)
+        arrays, layout = _read_npz(file, limits)
     elif suffix == ".safetensors":
-        arrays = _read_safetensors(file, limits)
+        arrays, layout = _read_safetensors(file, limits)
     else:
         raise DatasetError(
             f"dataset file {file.name!r} has suffix {suffix!r}; expected .npz or .safetensors"
         )
+    sequences = layout == "NCL"
     splits = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
-    xs = {s: _prepare_images(f"x_{s}", arrays[f"x_{s}"]) for s in splits}
+    xs = {s: _prepare_images(f"x_{s}", arrays[f"x_{s}"], sequences=sequences) for s in splits}
     ys = {s: _prepare_labels(f"y_{s}", arrays[f"y_{s}"], limits) for s in splits}
     num_classes = int(max(int(y.max()) for y in ys.values())) + 1
     if num_classes < 2:
@@ -132,7 +144,7 @@ def open_arrays(
         xs["train"], ys["train"], max_train=max_train, seed=split_seed
     )
     logger.info(
-        "loaded %s: %s, %d classes, images %s",
+        "loaded %s: %s, %d classes, examples %s",
         file.name,
         ", ".join(f"{len(ys[s])} {s}" for s in splits),
         num_classes,
@@ -161,22 +173,48 @@ def open_arrays(
 # --- readers -------------------------------------------------------------------------------------
 
 
-def _read_npz(file: Path, limits: DataLimits) -> dict[str, np.ndarray]:
+def _read_npz(file: Path, limits: DataLimits) -> tuple[dict[str, np.ndarray], str | None]:
     try:
         with zipfile.ZipFile(file) as archive:
             headers = _npz_headers(archive)
+            layout = _npz_layout(archive)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise DatasetError(
             f"dataset file {file.name!r} is not a valid .npz (zip) archive: {exc}"
         ) from exc
-    _check_headers(headers, limits)
+    _check_headers(headers, limits, layout=layout)
     try:
         with np.load(file, allow_pickle=False) as npz:
-            return {key: np.asarray(npz[key]) for key in _ALL_KEYS if key in headers}
+            arrays = {key: np.asarray(npz[key]) for key in _ALL_KEYS if key in headers}
     except DatasetError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
         raise DatasetError(f"dataset file {file.name!r} cannot be read as .npz: {exc}") from exc
+    return arrays, layout
+
+
+def _npz_layout(archive: zipfile.ZipFile) -> str | None:
+    """The declared layout: a small string array ``layout`` in the archive, or None."""
+    member = f"{LAYOUT_KEY}.npy"
+    if member not in archive.namelist():
+        return None
+    if archive.getinfo(member).file_size > 1024:
+        raise DatasetError(f"{LAYOUT_KEY} must be a short string such as 'NCL'")
+    try:
+        with archive.open(member) as fp:
+            value = np.lib.format.read_array(fp, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"{LAYOUT_KEY} is not a valid .npy array: {exc}") from exc
+    return _check_layout(str(value) if value.dtype.kind == "U" and value.size == 1 else None)
+
+
+def _check_layout(layout: str | None) -> str | None:
+    if layout is None or layout not in _LAYOUTS:
+        raise DatasetError(
+            f"{LAYOUT_KEY} must be one of {', '.join(_LAYOUTS)} (a string), got {layout!r}; "
+            "leave it out for images and (N, F) features"
+        )
+    return layout
 
 
 def _npz_headers(archive: zipfile.ZipFile) -> dict[str, _Header]:
@@ -202,11 +240,13 @@ def _npz_headers(archive: zipfile.ZipFile) -> dict[str, _Header]:
     return headers
 
 
-def _read_safetensors(file: Path, limits: DataLimits) -> dict[str, np.ndarray]:
+def _read_safetensors(file: Path, limits: DataLimits) -> tuple[dict[str, np.ndarray], str | None]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(file), framework="numpy") as st:
+            metadata = st.metadata() or {}
+            layout = _check_layout(metadata[LAYOUT_KEY]) if LAYOUT_KEY in metadata else None
             headers: dict[str, _Header] = {}
             for key in st.keys():  # noqa: SIM118 (safe_open is not a Mapping)
                 if key not in _ALL_KEYS:
@@ -215,8 +255,9 @@ def _read_safetensors(file: Path, limits: DataLimits) -> dict[str, np.ndarray]:
                 name = str(piece.get_dtype())
                 shape = tuple(int(d) for d in piece.get_shape())
                 headers[key] = _Header(shape, _SAFETENSORS_DTYPES.get(name), name)
-            _check_headers(headers, limits)
-            return {key: np.asarray(st.get_tensor(key)) for key in _ALL_KEYS if key in headers}
+            _check_headers(headers, limits, layout=layout)
+            arrays = {key: np.asarray(st.get_tensor(key)) for key in _ALL_KEYS if key in headers}
+            return arrays, layout
     except DatasetError:
         raise
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
@@ -241,7 +282,21 @@ def _image_chw(shape: tuple[int, ...]) -> tuple[tuple[int, int, int], bool]:
     return (d1, d2, d3), False
 
 
-def _check_headers(headers: Mapping[str, _Header], limits: DataLimits) -> None:
+def _example_shape(shape: tuple[int, ...], *, sequences: bool) -> tuple[tuple[int, ...], bool]:
+    """The shape of one example once loaded, and whether the array is channels-last images.
+
+    ``(F,)`` for 2-D features, ``(C, L)`` for declared sequences, else ``(C, H, W)`` images.
+    """
+    if len(shape) == 2:
+        return (shape[1],), False
+    if len(shape) == 3 and sequences:
+        return (shape[1], shape[2]), False
+    return _image_chw(shape)
+
+
+def _check_headers(
+    headers: Mapping[str, _Header], limits: DataLimits, *, layout: str | None = None
+) -> None:
     """Validate keys, dtypes, shapes and sizes from the headers; raise :class:`DatasetError`."""
     missing = [key for key in ARRAY_KEYS if key not in headers]
     if missing:
@@ -259,15 +314,15 @@ def _check_headers(headers: Mapping[str, _Header], limits: DataLimits) -> None:
     keys = [key for key in _ALL_KEYS if key in headers]
     for key in keys:
         _check_dtype(key, headers[key])
-    image_shapes: dict[str, tuple[int, int, int]] = {}
+    example_shapes: dict[str, tuple[int, ...]] = {}
     for split in ("train", "val", "test") if present else ("train", "val"):
         x_key, y_key = f"x_{split}", f"y_{split}"
         error = SplitError if split == "test" else DatasetError
         x_shape, y_shape = headers[x_key].shape, headers[y_key].shape
-        if len(x_shape) not in (3, 4):
+        if len(x_shape) not in (2, 3, 4) or (layout == "NCL" and len(x_shape) != 3):
             raise error(
-                f"{x_key} has shape {x_shape} ({len(x_shape)}-D); expected 3-D (N, H, W) or "
-                "4-D (N, C, H, W), or (N, H, W, C) with C of 1 or 3"
+                f"{x_key} has shape {x_shape} ({len(x_shape)}-D, layout {layout or 'not given'}); "
+                + _EXPECTED_RANKS
             )
         if not (len(y_shape) == 1 or (len(y_shape) == 2 and y_shape[1] == 1)):
             raise error(f"{y_key} has shape {y_shape} ({len(y_shape)}-D); expected 1-D (N,) labels")
@@ -278,23 +333,26 @@ def _check_headers(headers: Mapping[str, _Header], limits: DataLimits) -> None:
             )
         if x_shape[0] == 0:
             raise error(f"{x_key} is empty (0 examples); each split needs at least one")
-        chw, _ = _image_chw(x_shape)
-        if min(chw) == 0:
-            raise error(f"{x_key} has shape {x_shape}; image dimensions must be non-empty")
-        limits.check_image_side(x_key, chw[1], chw[2])
-        image_shapes[split] = chw
-    if image_shapes["train"] != image_shapes["val"]:
+        example, _ = _example_shape(x_shape, sequences=layout == "NCL")
+        if min(example) == 0:
+            raise error(f"{x_key} has shape {x_shape}; example dimensions must be non-empty")
+        if len(example) == 3:
+            limits.check_image_side(x_key, example[1], example[2])
+        example_shapes[split] = example
+    if example_shapes["train"] != example_shapes["val"]:
         raise DatasetError(
-            f"x_train images have shape {image_shapes['train']} (C, H, W) but x_val images have "
-            f"shape {image_shapes['val']}; train and validation images must have the same shape"
+            f"x_train examples have shape {example_shapes['train']} but x_val examples have "
+            f"shape {example_shapes['val']}; train and validation examples must have the same "
+            "shape"
         )
-    if "test" in image_shapes and image_shapes["test"] != image_shapes["train"]:
+    if "test" in example_shapes and example_shapes["test"] != example_shapes["train"]:
         raise SplitError(
-            f"x_test images have shape {image_shapes['test']} (C, H, W) but x_train images have "
-            f"shape {image_shapes['train']}; test images must have the training images' shape"
+            f"x_test examples have shape {example_shapes['test']} but x_train examples have "
+            f"shape {example_shapes['train']}; test examples must have the training examples' "
+            "shape"
         )
     limits.check_examples(
-        "the dataset", sum(headers[f"x_{split}"].shape[0] for split in image_shapes)
+        "the dataset", sum(headers[f"x_{split}"].shape[0] for split in example_shapes)
     )
     decoded = sum(
         int(np.prod(headers[key].shape, dtype=np.int64)) * _itemsize(headers[key]) for key in keys
@@ -327,24 +385,26 @@ def _itemsize(header: _Header) -> int:
 # --- value checks and conversion ----------------------------------------------------------------
 
 
-def _prepare_images(key: str, x: np.ndarray) -> np.ndarray:
-    """Float32 ``(N, C, H, W)`` images; uint8 scaled to [0, 1]; NaN/inf refused."""
-    _, channels_last = _image_chw(x.shape)
-    if x.ndim == 3:
+def _prepare_images(key: str, x: np.ndarray, *, sequences: bool = False) -> np.ndarray:
+    """Float32 ``(N, C, H, W)`` images (uint8 scaled to [0, 1]), or ``(N, F)`` features and
+    ``(N, C, L)`` sequences only cast to float32; NaN/inf refused."""
+    example, channels_last = _example_shape(x.shape, sequences=sequences)
+    images = len(example) == 3
+    if images and x.ndim == 3:
         x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
     elif channels_last:
         x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
-    # uint8 is scaled to [0, 1]; float64 beyond float32's range becomes inf, refused below.
+    # uint8 images are scaled to [0, 1]; float64 beyond float32's range becomes inf, refused below.
     with np.errstate(over="ignore"):
         out = (
             x.astype(np.float32) / np.float32(255.0)
-            if x.dtype == np.uint8
+            if images and x.dtype == np.uint8
             else x.astype(np.float32)
         )
     if not np.isfinite(out).all():
         raise DatasetError(
             f"{key} contains NaN or infinite values (after conversion to float32); "
-            "expected finite pixel values"
+            "expected finite values"
         )
     return np.ascontiguousarray(out)
 

@@ -10,15 +10,28 @@
   installs it (IDX files under ``/usr/share/datasets/fashion-mnist``), 1x28x28: the official
   60,000 training images (validation carved out of them) and the official 10,000 test images.
   Held as uint8 (47 MB) and normalised per batch (mean 0.2860, std 0.3530).
+* ``breast-cancer``: scikit-learn's Wisconsin diagnostic breast cancer set
+  (``sklearn.datasets.load_breast_cancer``): 569 tumours, 30 descriptors each, 2 classes
+  (malignant 0, benign 1), as ``(N, 30)`` feature vectors for MLPs; each feature standardised
+  by its mean and standard deviation over the whole dataset.
+* ``breast-cancer-seq``: the same standardised descriptors as ``(N, 3, 10)`` sequences for 1-D
+  CNNs. The 30 descriptors are 3 statistics (mean, standard error, worst) of 10 cell-nucleus
+  measurements (radius, texture, perimeter, area, smoothness, compactness, concavity, concave
+  points, symmetry, fractal dimension); the statistics become the channels and the
+  measurements the positions. The measurement order is the dataset's, not a physical sequence:
+  a 1-D convolution over it mixes neighbouring measurements, which is a structural stand-in for
+  a sequence model (such as a drug-design model over molecular strings), not a claim that the
+  order carries meaning.
 
 Fixed constants rather than split statistics keep the preprocessing identical whatever the seed,
 so a model trained on one split sees the same inputs on any other.
 
 Splits (all seeded by ``split_seed``, stratified, see :func:`~worker.data._split.three_way_split`):
-``digits`` and ``mnist5k`` have no official test set, so validation is ``val_fraction``
-(default 0.2) of the whole and a test split of ``test_fraction`` (default 0.2) of the whole is
-carved out of the rest: 60 / 20 / 20. ``fashion-mnist`` draws validation, ``val_fraction``
-(default 1/12: 5,000 images) of the official training set, and keeps the official test set.
+``digits``, ``mnist5k``, ``breast-cancer`` and ``breast-cancer-seq`` have no official test set,
+so validation is ``val_fraction`` (default 0.2) of the whole and a test split of
+``test_fraction`` (default 0.2) of the whole is carved out of the rest: 60 / 20 / 20.
+``fashion-mnist`` draws validation, ``val_fraction`` (default 1/12: 5,000 images) of the
+official training set, and keeps the official test set.
 """
 
 from __future__ import annotations
@@ -47,10 +60,14 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_PACKAGE",
     "list_builtin_datasets",
+    "load_breast_cancer",
+    "load_breast_cancer_seq",
     "load_builtin",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist5k",
+    "open_breast_cancer",
+    "open_breast_cancer_seq",
     "open_builtin",
 ]
 
@@ -111,6 +128,51 @@ def open_mnist5k(
     images = np.asarray(pixels, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0
     x = (images - MNIST_MEAN) / MNIST_STD
     return _carve("mnist5k", x, np.asarray(labels), split_seed, val, test_fraction, max_train)
+
+
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    """(569, 30) standardised float32 descriptors and (569,) labels."""
+    from sklearn.datasets import load_breast_cancer as sk_load_breast_cancer
+
+    data = sk_load_breast_cancer()
+    x = np.asarray(data.data, dtype=np.float64)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    return x.astype(np.float32), np.asarray(data.target)
+
+
+def open_breast_cancer(
+    *,
+    split_seed: int = 0,
+    val_fraction: float | None = None,
+    test_fraction: float = BUILTIN_TEST_FRACTION,
+    max_train: int | None = None,
+) -> DataSplits:
+    """scikit-learn's breast cancer descriptors as :class:`DataSplits`: (30,), 2 classes."""
+    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
+    check_split_args(
+        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
+    )
+    x, y = _breast_cancer()
+    return _carve("breast-cancer", x, y, split_seed, val, test_fraction, max_train, num_classes=2)
+
+
+def open_breast_cancer_seq(
+    *,
+    split_seed: int = 0,
+    val_fraction: float | None = None,
+    test_fraction: float = BUILTIN_TEST_FRACTION,
+    max_train: int | None = None,
+) -> DataSplits:
+    """The breast cancer descriptors as (3, 10) sequences (statistic x measurement), 2 classes."""
+    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
+    check_split_args(
+        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
+    )
+    x, y = _breast_cancer()
+    sequences = x.reshape(-1, 3, 10)  # columns are 3 blocks (mean, se, worst) of 10 measurements
+    return _carve(
+        "breast-cancer-seq", sequences, y, split_seed, val, test_fraction, max_train, num_classes=2
+    )
 
 
 def open_fashion_mnist(
@@ -206,6 +268,8 @@ def _carve(
     val_fraction: float,
     test_fraction: float,
     max_train: int | None,
+    *,
+    num_classes: int = 10,
 ) -> DataSplits:
     y = y.astype(np.int64)
     train_idx, val_idx, test_idx = three_way_split(
@@ -230,13 +294,15 @@ def _carve(
         train=pick(train_idx),
         val=pick(val_idx),
         test=None if test_idx is None else pick(test_idx),
-        num_classes=10,
+        num_classes=num_classes,
         split_seed=split_seed,
         test_note=note,
     )
 
 
 _BUILTINS: dict[str, Callable[..., DataSplits]] = {
+    "breast-cancer": open_breast_cancer,
+    "breast-cancer-seq": open_breast_cancer_seq,
     "digits": open_digits,
     "fashion-mnist": open_fashion_mnist,
     "mnist5k": open_mnist5k,
@@ -327,3 +393,35 @@ def load_fashion_mnist(
     return open_fashion_mnist(
         split_seed=split_seed, val_fraction=val_fraction, max_train=max_train, root=root
     ).to_bundle()
+
+
+def load_breast_cancer(
+    *,
+    split_seed: int = 0,
+    val_fraction: float | None = None,
+    max_train: int | None = None,
+    seed: int | None = None,
+) -> DataBundle:
+    """The breast cancer descriptors as a :class:`DataBundle` (see :func:`open_breast_cancer`)."""
+    return load_builtin(
+        "breast-cancer",
+        split_seed=resolve_split_seed(split_seed, seed),
+        val_fraction=val_fraction,
+        max_train=max_train,
+    )
+
+
+def load_breast_cancer_seq(
+    *,
+    split_seed: int = 0,
+    val_fraction: float | None = None,
+    max_train: int | None = None,
+    seed: int | None = None,
+) -> DataBundle:
+    """The breast cancer sequences as a :class:`DataBundle` (see :func:`open_breast_cancer_seq`)."""
+    return load_builtin(
+        "breast-cancer-seq",
+        split_seed=resolve_split_seed(split_seed, seed),
+        val_fraction=val_fraction,
+        max_train=max_train,
+    )

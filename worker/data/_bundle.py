@@ -35,10 +35,9 @@ class DataSplits:
     test_note: str = ""
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one example."""
-        c, h, w = self.val.sample_shape
-        return c, h, w
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: (C, H, W), (C, L) or (F,)."""
+        return tuple(int(d) for d in self.val.sample_shape)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A batch of validation images (no transform), for tracing a model."""
@@ -100,7 +99,8 @@ def _tensors(dataset: LabeledDataset) -> tuple[torch.Tensor, torch.Tensor]:
 class DataBundle:
     """Train, validation and (optionally) test splits held as tensors.
 
-    ``x_*`` are float32 images in NCHW layout, already normalised; ``y_*`` are int64 class
+    ``x_*`` are float32 examples, already normalised: images ``(N, C, H, W)``, sequences
+    ``(N, C, L)`` or feature vectors ``(N, F)``; ``y_*`` are int64 class
     labels in ``[0, num_classes)``. ``name`` says where the data came from (for reports).
     ``x_test``/``y_test`` are ``None`` when the source has no test split, ``test_note`` saying
     why (see :class:`DataSplits`). ``train``, ``val`` and ``test`` are dataset views of the same
@@ -108,9 +108,9 @@ class DataBundle:
     """
 
     name: str
-    x_train: torch.Tensor  # (N_train, C, H, W) float32
+    x_train: torch.Tensor  # (N_train, C, H, W), (N_train, C, L) or (N_train, F) float32
     y_train: torch.Tensor  # (N_train,) int64
-    x_val: torch.Tensor  # (N_val, C, H, W) float32
+    x_val: torch.Tensor  # like x_train
     y_val: torch.Tensor  # (N_val,) int64
     num_classes: int
     x_test: torch.Tensor | None = None  # (N_test, C, H, W) float32
@@ -119,13 +119,13 @@ class DataBundle:
     split_seed: int = 0
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one example."""
-        c, h, w = self.x_train.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: (C, H, W), (C, L) or (F,); its first entry is the channels
+        (or features) a zoo model is built with."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
-        """A batch of validation images, for tracing a model."""
+        """A batch of validation examples, for tracing a model."""
         return self.x_val[:batch].clone()
 
     @property

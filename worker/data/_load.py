@@ -17,7 +17,7 @@ from worker.data._split import resolve_split_seed
 __all__ = ["SOURCE_FORMS", "load_dataset", "open_dataset"]
 
 SOURCE_FORMS = (
-    '"digits", "mnist5k" or "fashion-mnist" (built in)',
+    '"digits", "mnist5k", "fashion-mnist", "breast-cancer" or "breast-cancer-seq" (built in)',
     'a path to an uploaded ".npz" or ".safetensors" file',
     '"folder:<path>" (an ImageFolder tree under an allowed data root)',
     '"cifar10:<path>" (a CIFAR-10 python-batches directory under an allowed data root)',
@@ -40,7 +40,8 @@ def open_dataset(
 
     ``source`` is one of:
 
-    * ``"digits"``, ``"mnist5k"`` or ``"fashion-mnist"``: built in (see
+    * ``"digits"``, ``"mnist5k"``, ``"fashion-mnist"``, ``"breast-cancer"`` or
+      ``"breast-cancer-seq"``: built in (see
       :mod:`worker.data._builtin` for their splits);
     * a path ending in ``.npz`` or ``.safetensors``: an uploaded file with ``x_train, y_train,
       x_val, y_val`` and optionally ``x_test, y_test``, opened as given (the caller confines it

@@ -43,6 +43,7 @@ class PoolContext(SearchContext):
         lr_scale: float | None = None,
         max_steps: int | None = None,
         after_step: Callable[[float], None] | None = None,
+        final: bool = False,
     ) -> FinetuneResult:
         hook = self.interrupt
         checked = callback
@@ -60,6 +61,7 @@ class PoolContext(SearchContext):
             lr_scale=lr_scale,
             max_steps=max_steps,
             after_step=after_step,
+            final=final,
         )
 
 

@@ -124,13 +124,18 @@ def choose(
         plan = Plan.from_dict(trial.user_attrs["plan"])
         epochs, seed = verify_budget(config, trial)
         if len(plan.decomposed()) > 0:
-            model, fit = ctx.fit(plan, mode=verify_mode(config), epochs=epochs, seed=seed)
+            model, fit = ctx.fit(
+                plan, mode=verify_mode(config), epochs=epochs, seed=seed, final=True
+            )
             # finetune's last evaluation is of the weights it leaves: no second pass needed.
             status = fit.status
             result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         else:
             model = ctx.compress(plan)
-            status, result = "completed", evaluate(model, ctx.data, device=ctx.device)
+            status, result = (
+                "completed",
+                evaluate(model, ctx.data, device=ctx.device, loader=ctx.loader),
+            )
         drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = status != "diverged" and drop <= config.max_accuracy_drop
         latency = ctx.latency(model) if met and config.max_latency_ratio is not None else None
@@ -169,7 +174,8 @@ def choose(
             _latency_words(config),
         )
     model = ctx.compress(Plan())
-    return None, model, evaluate(model, ctx.data, device=ctx.device), None, checks
+    scored = evaluate(model, ctx.data, device=ctx.device, loader=ctx.loader)
+    return None, model, scored, None, checks
 
 
 def _latency_words(config: SearchConfig) -> str:

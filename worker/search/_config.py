@@ -23,6 +23,10 @@ PrunerName = Literal["feasibility", "median", "halving", "none"]
 OBJECTIVES: tuple[str, ...] = ("params", "macs", "latency")
 SAMPLERS: tuple[str, ...] = ("tpe", "gp", "random")
 PRUNERS: tuple[str, ...] = ("feasibility", "median", "halving", "none")
+AUGMENTS: tuple[str, ...] = ("none", "crop-flip", "imagenet")
+
+#: A trial epoch's training examples when ``trial_samples`` is None: the split, up to this.
+DEFAULT_TRIAL_SAMPLES = 10_000
 
 
 def schedule_config(options: ScheduleOptions) -> ScheduleConfig:
@@ -103,6 +107,18 @@ class SearchConfig:
     0.01 with nothing compressed), so it is measured per model rather than fixed. One value
     skips the calibration.
 
+    Sample budgets: every trial epoch (and each calibration fine-tune) trains on a fresh seeded
+    random subset of ``trial_samples`` training examples (None: the whole split up to
+    :data:`DEFAULT_TRIAL_SAMPLES`), and the search's own evaluations (trial accuracy, pruner,
+    calibration, sensitivity) read a fixed seeded subset of ``val_samples`` validation examples
+    (None: all), so a trial's cost does not grow with the dataset. Verification, spending and
+    the report use the whole validation split; the final fine-tunes train on the whole
+    training split, or ``final_samples`` of it per epoch. ``augment`` is the train-time
+    augmentation (:data:`worker.data.AUGMENTATIONS`); ``num_workers`` the ``DataLoader``
+    worker processes. The test split is never read by the search: only the report evaluates
+    the original and the chosen model on it. ``accel`` turns the GPU switches of
+    :mod:`worker.training._accel` on or off (None: on when the device is CUDA).
+
     With ``objective="latency"`` the original's latency is the median of ``latency_repeats``
     forward passes of a batch of ``latency_batch_size`` validation images (the batch size the
     compressed model will serve: per-call overhead dominates at batch 1, arithmetic at large
@@ -162,6 +178,12 @@ class SearchConfig:
     latency_repeats: int = 30
     lr_scales: tuple[float, ...] = tuple(DEFAULTS.lr_scales)
     push_factor: float | None = DEFAULTS.push_factor
+    trial_samples: int | None = DEFAULTS.trial_samples
+    val_samples: int | None = DEFAULTS.val_samples
+    final_samples: int | None = DEFAULTS.final_samples
+    augment: str = DEFAULTS.augment
+    num_workers: int = DEFAULTS.num_workers
+    accel: bool | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -227,6 +249,14 @@ class SearchConfig:
             )
         if self.lc_factor_epochs < 0:
             raise ValueError(f"lc_factor_epochs must be >= 0, got {self.lc_factor_epochs}")
+        for name in ("trial_samples", "val_samples", "final_samples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}; got {self.augment!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.push_factor is not None and not 0 < self.push_factor < 1:
             raise ValueError(f"push_factor must be in (0, 1) or None, got {self.push_factor}")
         if not self.lr_scales or any(

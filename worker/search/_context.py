@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -12,22 +13,26 @@ import torch
 from torch import nn
 
 from tensorops import Cost, LayerInfo, Plan, compress, estimate_cost, inventory, measure_cost
-from worker.data import DataBundle
+from worker.data import DataBundle, DataSplits
 from worker.search._calibrate import LrCalibration, calibrate_lr, scaled_schedule
-from worker.search._config import SearchConfig
+from worker.search._config import DEFAULT_TRIAL_SAMPLES, SearchConfig
 from worker.search._latency import measure_latency, measure_speedup
 from worker.search._layer_latency import layer_speedups
 from worker.search._sensitivity import layer_sensitivity
 from worker.search._space import LayerSpace, build_space, evbmf_params, plan_from_params
 from worker.training import (
+    AccelConfig,
     EpochCallback,
     FinetuneResult,
     LcSchedule,
+    LoaderOptions,
+    eval_indices,
     evaluate,
     finetune,
     lc_finetune,
     predict_logits,
     resolve_device,
+    use_teacher_table,
 )
 from worker.training._loop import steps_per_epoch
 
@@ -53,11 +58,68 @@ class SearchContext:
     baseline_cost: Cost
     baseline_latency: float | None
     teacher_logits: torch.Tensor | None = None  # (n_train, classes), for distillation
+    teacher: nn.Module | None = None  # or a copy of the original, run on each batch
+    search_baseline_accuracy: float | None = None  # on the val_samples subset (see below)
     sensitivity: dict[str, list[tuple[float, float]]] | None = None  # see seed_sensitivity
     cache: dict[tuple[object, ...], object] = field(default_factory=dict)
     latency_example: torch.Tensor | None = None  # config.latency_batch_size images
     speedups: dict[str, dict[str, float]] | None = None  # see seed_speedups
     lr_calibration: LrCalibration | None = None  # see calibrate_lr
+
+    @property
+    def trial_baseline_accuracy(self) -> float:
+        """The original's accuracy on the search's validation subset (``val_samples``): what
+        trial accuracies, the pruner and calibration are compared with."""
+        if self.search_baseline_accuracy is None:
+            return self.baseline_accuracy
+        return self.search_baseline_accuracy
+
+    @property
+    def accel(self) -> AccelConfig | None:
+        """The GPU switches of every fine-tune: ``config.accel`` True or False forces them
+        all, None leaves each to the device (on for CUDA)."""
+        on = self.config.accel
+        if on is None:
+            return None
+        return AccelConfig(on, on, on, on)
+
+    @property
+    def loader(self) -> LoaderOptions:
+        """How every fine-tune and evaluation of the search reads its data."""
+        return LoaderOptions(num_workers=self.config.num_workers)
+
+    def val_indices(self) -> torch.Tensor:
+        """The fixed seeded validation subset of the search's evaluations (``val_samples``)."""
+        n_val = len(self.data.y_val)
+        return eval_indices(n_val, val_budget(self.config, n_val), seed=self.config.seed)
+
+    def search_splits(self, *, final: bool = False) -> DataSplits:
+        """The splits a fine-tune reads: training and validation only, never the test split.
+
+        Trials and calibration (``final=False``) are judged on the fixed ``val_samples``
+        subset; final fine-tunes on the whole validation split.
+        """
+        data = self.data
+        val = data.val if final else data.val.select(self.val_indices().numpy())
+        return DataSplits(
+            name=data.name,
+            train=data.train,
+            val=val,
+            test=None,
+            num_classes=data.num_classes,
+            split_seed=data.split_seed,
+            test_note="the search never reads the test split",
+        )
+
+    def samples_per_epoch(self, *, final: bool = False) -> int | None:
+        """Training examples per epoch: ``trial_samples`` (default: the split up to
+        :data:`DEFAULT_TRIAL_SAMPLES`) for trials, ``final_samples`` for final fine-tunes;
+        clamped to the split (a larger budget is logged once per fine-tune)."""
+        n_train = len(self.data.y_train)
+        if final:
+            return self.config.final_samples
+        budget = self.config.trial_samples
+        return min(n_train, DEFAULT_TRIAL_SAMPLES) if budget is None else budget
 
     @property
     def lr_scale(self) -> float:
@@ -170,14 +232,16 @@ class SearchContext:
         seed: int,
         callback: EpochCallback | None = None,
         lr_scale: float | None = None,
+        final: bool = False,
     ) -> tuple[nn.Module, FinetuneResult]:
         """``plan`` applied to the original and fine-tuned for ``epochs`` in ``mode``:
         ``decompose`` (:meth:`compress`, then :meth:`finetune`) or ``lc``
-        (:func:`worker.training.lc_finetune`, the same epochs x samples in all)."""
+        (:func:`worker.training.lc_finetune`, the same epochs x samples in all). ``final``: a
+        final fine-tune's budgets (see :meth:`finetune`)."""
         if mode == "decompose":
             model = self.compress(plan)
             return model, self.finetune(
-                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale
+                model, epochs=epochs, seed=seed, callback=callback, lr_scale=lr_scale, final=final
             )
         config = self.config
 
@@ -198,8 +262,10 @@ class SearchContext:
                 lr_scale=lr_scale,
                 max_steps=max_steps,
                 after_step=after_step,
+                final=final,
             )
 
+        n_train = int(self.data.y_train.shape[0])
         schedule = LcSchedule(
             mu0=config.lc_mu0,
             mu_factor=config.lc_mu_factor,
@@ -212,14 +278,21 @@ class SearchContext:
             train,
             schedule=schedule,
             epochs=epochs,
-            steps_per_epoch=steps_per_epoch(int(self.data.y_train.shape[0]), config.batch_size),
+            steps_per_epoch=steps_per_epoch(
+                min(self.samples_per_epoch(final=final) or n_train, n_train), config.batch_size
+            ),
             seed=seed,
             callback=callback,
         )
         self.model.to("cpu")
         fit = result.fit
         if fit is None:  # no factor epochs: evaluate the factorised model as it is
-            scored = evaluate(result.model, self.data, device=self.device)
+            scored = evaluate(
+                result.model,
+                self.search_splits(final=final),
+                device=self.device,
+                loader=self.loader,
+            )
             fit = FinetuneResult(
                 status="completed",
                 epochs_run=0,
@@ -242,14 +315,21 @@ class SearchContext:
         lr_scale: float | None = None,
         max_steps: int | None = None,
         after_step: Callable[[float], None] | None = None,
+        final: bool = False,
     ) -> FinetuneResult:
         """Fine-tune ``model`` in place with the search's schedule, optimiser and batch size,
-        the schedule's rates times ``lr_scale`` (default: the calibrated :attr:`lr_scale`)."""
+        the schedule's rates times ``lr_scale`` (default: the calibrated :attr:`lr_scale`).
+
+        A trial's fine-tune (``final=False``) trains on ``trial_samples`` examples an epoch and
+        reports accuracy on the ``val_samples`` subset; a final one (verification, spending) on
+        ``final_samples`` (default all) and the whole validation split.
+        """
         config = self.config
         scale = self.lr_scale if lr_scale is None else lr_scale
+        distilling = self.teacher_logits is not None or self.teacher is not None
         return finetune(
             model,
-            self.data,
+            self.search_splits(final=final),
             scaled_schedule(config.schedule, scale),
             epochs=epochs,
             optimizer=config.optimizer,
@@ -258,10 +338,15 @@ class SearchContext:
             seed=seed,
             callback=callback,
             teacher_logits=self.teacher_logits,
-            distill_weight=config.distill_weight if self.teacher_logits is not None else 0.0,
+            teacher=self.teacher,
+            distill_weight=config.distill_weight if distilling else 0.0,
             temperature=config.temperature,
             max_steps=max_steps,
             after_step=after_step,
+            samples_per_epoch=self.samples_per_epoch(final=final),
+            augment=config.augment,
+            loader=self.loader,
+            accel=self.accel,
         )
 
     def latency(self, model: nn.Module) -> float:
@@ -330,12 +415,19 @@ def prepare(
     device = resolve_device(config.device)
     model = model.to("cpu").eval()
     example = data.example_input(1)
+    loader = LoaderOptions(num_workers=config.num_workers)
     if prepared is None:
-        baseline = evaluate(model, data, device=device)
+        baseline = evaluate(model, data, device=device, loader=loader)
         accuracy, loss = baseline.accuracy, baseline.loss
     else:
         accuracy = float(prepared["baseline_accuracy"])
         loss = float(prepared["baseline_loss"])
+    budget = val_budget(config, len(data.y_val))
+    search_accuracy = accuracy
+    if budget is not None:  # the original on the search's validation subset
+        search_accuracy = evaluate(
+            model, data, device=device, max_samples=budget, seed=config.seed, loader=loader
+        ).accuracy
     model = model.to("cpu")
     layers = inventory(model, example)
     spaces = build_space(model, layers, config) if prepared is None else _spaces_of(prepared)
@@ -345,9 +437,14 @@ def prepare(
         latency = measure_latency(
             model, timing_example, device=device, repeats=config.latency_repeats
         )
+    table = None
     teacher = None
     if config.distill_weight > 0:
-        teacher = predict_logits(model, data.x_train, device=device)
+        n_train = len(data.y_train)
+        if use_teacher_table(n_train, data.num_classes, augment=config.augment, in_memory=True):
+            table = predict_logits(model, data.train, device=device, loader=loader)
+        else:  # a copy: finetune moves the teacher to the device in place
+            teacher = copy.deepcopy(model).eval()
     model = model.to("cpu")
     logger.info(
         "baseline accuracy %.4f, %d layers, %d searchable, %s in %.1fs",
@@ -369,9 +466,17 @@ def prepare(
         baseline_loss=loss,
         baseline_cost=measure_cost(model, example),
         baseline_latency=latency,
-        teacher_logits=teacher,
+        teacher_logits=table,
+        teacher=teacher,
+        search_baseline_accuracy=search_accuracy,
         latency_example=timing_example,
     )
+
+
+def val_budget(config: SearchConfig, n_val: int) -> int | None:
+    """``val_samples`` for a validation split of ``n_val`` (None when it covers the split)."""
+    budget = config.val_samples
+    return None if budget is None or budget >= n_val else budget
 
 
 def batch_of(data: DataBundle, batch: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ The candidates and the choice are in :mod:`worker.search._candidates`, the repor
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
+from torch import nn
 
 from tensorops import LayerInfo, Plan, measure_cost, save_compressed
 from tensorops.methods import get_method
@@ -24,6 +26,7 @@ from worker.search._report import (
     Baseline,
     DataSummary,
     Final,
+    HeldOut,
     LayerRow,
     Ratios,
     Report,
@@ -32,6 +35,9 @@ from worker.search._report import (
 )
 from worker.search._spend import SpendResult, spend_margin
 from worker.search._study import LATENCY_MET_ATTR, LATENCY_RATIO_ATTR, SEED_ATTR
+from worker.training import evaluate
+
+logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.json"
 PARETO_NAME = "pareto.png"
@@ -141,12 +147,15 @@ def finalize(
     latency_met = None if limit is None else latency_ratio <= limit
     cost = measure_cost(model, ctx.example)
     drop = drop_points(ctx.baseline_accuracy, result.accuracy)
+    test = held_out(ctx, model)
     report = Report(
         baseline=Baseline(
             accuracy=ctx.baseline_accuracy,
             params=ctx.baseline_cost.params,
             macs=ctx.baseline_cost.macs,
             latency_s=latency_before,
+            val_accuracy=ctx.baseline_accuracy,
+            test_accuracy=test.baseline_accuracy if test is not None else None,
         ),
         final=Final(
             accuracy=result.accuracy,
@@ -159,6 +168,11 @@ def finalize(
             accuracy_constraint_met=drop <= config.max_accuracy_drop,
             latency_constraint_met=latency_met,
             constraint_met=drop <= config.max_accuracy_drop and latency_met is not False,
+            val_accuracy=result.accuracy,
+            val_accuracy_drop=drop,
+            test_accuracy=test.final_accuracy if test is not None else None,
+            test_accuracy_drop=test.accuracy_drop if test is not None else None,
+            test_constraint_met=test.constraint_met if test is not None else None,
         ),
         ratios=Ratios(
             params=ctx.baseline_cost.params / max(cost.params, 1),
@@ -190,6 +204,8 @@ def finalize(
         ),
         arch=arch,
         trials=[trial_record(t) for t in study.get_trials(deepcopy=False)],
+        test=test,
+        test_note=ctx.data.test_note,
         extra=dict(extra or {}),
     )
     checkpoint = save_compressed(
@@ -217,3 +233,27 @@ def finalize(
         max_drop=config.max_accuracy_drop,
     )
     return searched
+
+
+def held_out(ctx: SearchContext, model: nn.Module) -> HeldOut | None:
+    """The original's and ``model``'s accuracy on the test split, and the drop: the only
+    reading of the test split in a search, once the choice is made (None without one).
+
+    The tolerance is judged on validation; ``constraint_met`` says whether the test drop is
+    within it too.
+    """
+    if ctx.data.test is None:
+        logger.info("no test split: %s", ctx.data.test_note)
+        return None
+    before = evaluate(ctx.model, ctx.data, split="test", device=ctx.device, loader=ctx.loader)
+    ctx.model.to("cpu")
+    after = evaluate(model, ctx.data, split="test", device=ctx.device, loader=ctx.loader)
+    model.to("cpu")
+    drop = drop_points(before.accuracy, after.accuracy)
+    return HeldOut(
+        baseline_accuracy=before.accuracy,
+        final_accuracy=after.accuracy,
+        accuracy_drop=drop,
+        constraint_met=drop <= ctx.config.max_accuracy_drop,
+        n=after.n,
+    )

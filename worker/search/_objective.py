@@ -71,7 +71,7 @@ def make_objective(
             trial.set_user_attr(INTERRUPTED_ATTR, True)
             raise SearchStopped(trial.number)
         accuracy = result.final_val_accuracy
-        drop = drop_points(ctx.baseline_accuracy, accuracy)
+        drop = drop_points(ctx.trial_baseline_accuracy, accuracy)
         latency = ctx.latency(model) if ctx.times_latency else None
         ratio = ctx.compression(plan, latency)
         latency_ratio = ctx.latency_ratio(latency) if latency is not None else None

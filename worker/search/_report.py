@@ -18,6 +18,7 @@ __all__ = [
     "Baseline",
     "DataSummary",
     "Final",
+    "HeldOut",
     "LayerRow",
     "Ratios",
     "Report",
@@ -36,6 +37,23 @@ class Baseline:
     params: int
     macs: int
     latency_s: float
+    val_accuracy: float | None = None  # = accuracy: the tolerance is judged on validation
+    test_accuracy: float | None = None  # None: the data has no test split
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The original and the kept model on the test split, read once the choice is made.
+
+    ``constraint_met``: whether the test drop is within the tolerance too (the tolerance
+    itself is judged on validation, the only split the search may read).
+    """
+
+    baseline_accuracy: float
+    final_accuracy: float
+    accuracy_drop: float
+    constraint_met: bool
+    n: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,11 @@ class Final:
     accuracy_constraint_met: bool
     latency_constraint_met: bool | None
     constraint_met: bool
+    val_accuracy: float | None = None
+    val_accuracy_drop: float | None = None
+    test_accuracy: float | None = None  # None: the data has no test split
+    test_accuracy_drop: float | None = None
+    test_constraint_met: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +189,8 @@ class Report:
     data: DataSummary
     arch: dict[str, Any]
     trials: list[TrialRecord]
+    test: HeldOut | None = None  # None: no test split (test_note says why)
+    test_note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -190,6 +215,8 @@ class Report:
             "layers": [row.to_dict() for row in self.layers],
             "search": self.search,
             "lr_calibration": self.lr_calibration,
+            "test": asdict(self.test) if self.test is not None else None,
+            "test_note": self.test_note,
             "data": asdict(self.data),
             "arch": self.arch,
             "pareto_front": pareto_front(records),

@@ -22,7 +22,7 @@ from tensorops import KEEP, Choice, LayerInfo, Plan, compress, get_method
 from worker.data import DataBundle
 from worker.search._config import SearchConfig, drop_points
 from worker.search._space import LayerSpace, default_method, output_layer, small_layers
-from worker.training import evaluate
+from worker.training import eval_indices, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,11 @@ def layer_sensitivity(
     output layer, and those under ``seed_min_share`` of the cost) are skipped.
     """
     started = time.perf_counter()
-    n = min(int(data.y_val.shape[0]), config.sensitivity_samples)
-    subset = (data.x_val[:n], data.y_val[:n])
+    n_val = int(data.y_val.shape[0])
+    n = min(n_val, config.sensitivity_samples, config.val_samples or n_val)
+    # The search's fixed seeded validation subset (the whole split when it is smaller).
+    idx = eval_indices(n_val, n if n < n_val else None, seed=config.seed)
+    subset = (data.x_val[idx], data.y_val[idx])
     base = evaluate(model, subset, device=device).accuracy
     model.to("cpu")
     limit = max(config.sensitivity_budgets)

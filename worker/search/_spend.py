@@ -100,7 +100,9 @@ def spend_margin(
             continue
         tried.append(candidate)
         compression = ctx.compression(candidate)
-        model, fit = ctx.fit(candidate, mode=verify_mode(config), epochs=epochs, seed=seed)
+        model, fit = ctx.fit(
+            candidate, mode=verify_mode(config), epochs=epochs, seed=seed, final=True
+        )
         result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
         step_drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = fit.status != "diverged" and step_drop <= tolerance

@@ -108,7 +108,7 @@ def open_study(
         storage=storage,
         study_name=study_name,
         sampler=make_sampler(config),
-        pruner=make_pruner(config, ctx.baseline_accuracy),
+        pruner=make_pruner(config, ctx.trial_baseline_accuracy),
         directions=directions,
         load_if_exists=True,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worker.training._accel import AccelConfig, Accelerator, accel_for, autocast_dtype
 from worker.training._batches import LoaderOptions, as_dataset, budget_indices
 from worker.training._device import resolve_device
 from worker.training._distill import TABLE_MAX_BYTES, use_teacher_table
@@ -17,6 +18,8 @@ __all__ = [
     "SCHEDULE_KINDS",
     "TABLE_MAX_BYTES",
     "TRAIN_SCHEDULES",
+    "AccelConfig",
+    "Accelerator",
     "EpochCallback",
     "EpochReport",
     "EvalResult",
@@ -29,7 +32,9 @@ __all__ = [
     "ScheduleConfig",
     "ScheduleKind",
     "TrainSchedule",
+    "accel_for",
     "as_dataset",
+    "autocast_dtype",
     "budget_indices",
     "eval_indices",
     "evaluate",

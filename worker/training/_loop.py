@@ -21,6 +21,7 @@ from torch import nn
 
 from tensorops.layers import Penalized
 from worker.data import DataBundle, DataSplits, LabeledDataset, train_transform
+from worker.training._accel import AccelConfig, Accelerator, accel_for
 from worker.training._batches import DEFAULT_LOADER, BatchReader, LoaderOptions
 from worker.training._device import resolve_device
 from worker.training._distill import Distillation, validate_distillation
@@ -60,6 +61,7 @@ def finetune(
     augment: str = "none",
     teacher: nn.Module | None = None,
     loader: LoaderOptions = DEFAULT_LOADER,
+    accel: AccelConfig | None = None,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data``'s training split, following ``schedule``.
 
@@ -121,6 +123,9 @@ def finetune(
         augment: train-time augmentation, one of :data:`worker.data.AUGMENTATIONS`
             (``"none"``, ``"crop-flip"``, ``"imagenet"``), seeded by ``seed``.
         loader: how a ``DataLoader`` reads the splits (worker processes, pinned memory).
+        accel: the GPU switches (mixed precision, channels_last, cudnn.benchmark,
+            non-blocking copies); default: all on for a CUDA device, off elsewhere
+            (:mod:`worker.training._accel`).
     """
     _validate(
         data,
@@ -152,12 +157,16 @@ def finetune(
     per_epoch = _epoch_size(n_train, samples_per_epoch)
     val_idx = eval_indices(len(splits.val), val_samples, seed=seed)
     model.to(target)
+    speed = accel_for(target, accel)
+    speed.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     opt = _make_optimizer(params, optimizer, schedule, momentum, weight_decay)
     bounds = _batch_bounds(per_epoch, batch_size)
     run = _Run(model, schedule, opt, bounds, target, label_smoothing, max_steps, distill)
+    run.accel = speed
+    run.scaler = speed.scaler()
     run.train = BatchReader(
         splits.train.with_transform(transform), device=target, options=loader, seed=seed
     )
@@ -168,7 +177,7 @@ def finetune(
     run.after_step = after_step
     started = time.perf_counter()
     try:
-        with _seeded(seed, target):
+        with _seeded(seed, target), speed.cudnn():
             status, message = run.loop(epochs, seed, callback)
         final = run.final_eval()
     finally:
@@ -221,6 +230,8 @@ class _Run:
         self.history: list[EpochReport] = []
         self._last_eval: EvalResult | None = None  # of the current weights, if known
         self.penalty: Callable[[], torch.Tensor] | None = None
+        self.accel: Accelerator = accel_for(torch.device("cpu"))
+        self.scaler = self.accel.scaler()
         self.after_step: Callable[[float], None] | None = None
 
     def loop(
@@ -273,15 +284,17 @@ class _Run:
         ):
             size = int(idx.shape[0])
             self.examples_seen += size
-            xb = xb.to(self.device, non_blocking=True)
-            yb = yb.to(self.device, non_blocking=True)
+            xb = self.accel.to_device(xb)
+            yb = yb.to(self.device, non_blocking=self.accel.non_blocking)
             lr = lr_at(self.schedule, self.step, self.steps_per_epoch)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            logits = self.model(xb)  # (B, num_classes)
+            with self.accel.autocast():
+                logits = self.model(xb)  # (B, num_classes)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
             if self.distill is not None:
-                soft = self.distill.targets(xb, idx)
+                with self.accel.autocast():
+                    soft = self.distill.targets(xb, idx).float()
                 loss = self.distill.mix(loss, logits.float(), soft)
             if self.penalty is not None:
                 loss = loss + self.penalty()
@@ -294,8 +307,9 @@ class _Run:
                     f"(global step {self.step}, lr={lr:.3g})",
                 )
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             if self.after_step is not None:
                 self.after_step(lr)
             self.step += 1

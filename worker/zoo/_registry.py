@@ -29,17 +29,18 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]*:[A-Za-z0-9_.\-]+")
 @dataclass(frozen=True)
 class _Entry:
     factory: Callable[..., nn.Module]
-    input_shape: tuple[int, int, int]  # (C, H, W) the architecture documents
+    input_shape: tuple[int, ...]  # (C, H, W), (C, L) or (F,): what the architecture documents
 
 
 _MODELS: dict[str, _Entry] = {}
 
 
-def register_model(name: str, *, input_shape: tuple[int, int, int]) -> Callable[[F], F]:
+def register_model(name: str, *, input_shape: tuple[int, ...]) -> Callable[[F], F]:
     """Decorator registering a model factory (function or class) under ``name``.
 
-    ``name`` is ``"<prefix>:<name>"``; ``input_shape`` is the (C, H, W) input the architecture
-    is documented for. The ``torchvision`` prefix is reserved.
+    ``name`` is ``"<prefix>:<name>"``; ``input_shape`` is the input of one example the
+    architecture is documented for: (C, H, W) images, (C, L) sequences or (F,) feature vectors.
+    The ``torchvision`` prefix is reserved.
     """
     if _NAME_RE.fullmatch(name) is None:
         raise ValueError(f"model name {name!r} is not of the form '<prefix>:<name>'")
@@ -48,17 +49,20 @@ def register_model(name: str, *, input_shape: tuple[int, int, int]) -> Callable[
     if name in _MODELS:
         raise ValueError(f"model name {name!r} is already registered")
     bad_shape = ValueError(
-        f"input_shape must be three positive ints (C, H, W), got {input_shape!r}"
+        "input_shape must be one to three positive ints ((C, H, W), (C, L) or (F,)), "
+        f"got {input_shape!r}"
     )
     try:
-        c, h, w = input_shape
-    except (TypeError, ValueError):
+        shape = tuple(input_shape)
+    except TypeError:
         raise bad_shape from None
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in (c, h, w)):
+    if not 1 <= len(shape) <= 3 or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape
+    ):
         raise bad_shape
 
     def wrap(factory: F) -> F:
-        _MODELS[name] = _Entry(factory, (c, h, w))
+        _MODELS[name] = _Entry(factory, shape)
         return factory
 
     return wrap
@@ -75,8 +79,9 @@ def list_models(*, prefix: str | None = None) -> list[str]:
     return sorted(everything)
 
 
-def input_shape(name: str) -> tuple[int, int, int]:
-    """The documented (C, H, W) input size of the zoo architecture ``name``.
+def input_shape(name: str) -> tuple[int, ...]:
+    """The documented input of one example of the zoo architecture ``name``: (C, H, W) for image
+    nets, (C, L) for 1-D CNNs, (F,) for MLPs on feature vectors.
 
     For ``rankopt:`` nets this is the default; building with another ``in_channels`` changes C.
     """

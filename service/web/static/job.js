@@ -155,11 +155,17 @@ function renderResult(result) {
   const b = result.baseline || {};
   const f = result.final || {};
   const r = result.ratios || {};
-  fact(facts, "Accuracy", fmtPct(b.accuracy) + " → " + fmtPct(f.accuracy) + " (drop " + fmtNum(f.accuracy_drop) + " pt)");
+  fact(facts, "Accuracy (validation)", fmtPct(b.accuracy) + " → " + fmtPct(f.accuracy) + " (drop " + fmtNum(f.accuracy_drop) + " pt)");
+  if (result.test) {
+    const met = f.test_constraint_met === false ? ", beyond the tolerance" : ", within the tolerance";
+    fact(facts, "Accuracy (test, held out)", fmtPct(b.test_accuracy) + " → " + fmtPct(f.test_accuracy) + " (drop " + fmtNum(f.test_accuracy_drop) + " pt" + met + ")");
+  } else {
+    fact(facts, "Accuracy (test, held out)", "no test split" + (result.test_note ? ": " + result.test_note : ""));
+  }
   fact(facts, "Parameters", fmtInt(b.params) + " → " + fmtInt(f.params) + " (" + fmtRatio(r.params) + ")");
   fact(facts, "MACs", fmtInt(b.macs) + " → " + fmtInt(f.macs) + " (" + fmtRatio(r.macs) + ")");
   fact(facts, "Chosen trial", result.chosen_trial === null ? "none (the original model is kept)" : "#" + result.chosen_trial);
-  fact(facts, "Tolerance met", f.constraint_met === false ? "no" : "yes");
+  fact(facts, "Tolerance met (validation)", f.constraint_met === false ? "no" : "yes");
   const body = $("layers-table").querySelector("tbody");
   body.replaceChildren(
     ...result.layers.map((layer) =>
