@@ -72,7 +72,7 @@ demo: $(STAMP) data-tools
 
 # The CPU benchmarks (several hours on 2 cores; bench_compare.py alone is most of it). The GPU
 # script, bench/bench_gpu_vgg.py, and bench/bench_service.py are run on their own.
-bench: $(STAMP)
+bench: $(STAMP) data-tools
 	$(BIN)/python bench/bench_decompositions.py
 	$(BIN)/python bench/bench_search.py --trials 20 --seeds 0 1 2
 	$(BIN)/python bench/bench_compare.py
@@ -80,6 +80,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_tensor_formats.py --epochs 5
 	$(BIN)/python bench/bench_conv_formats.py
 	$(BIN)/python bench/bench_pruning.py
+	$(BIN)/python bench/bench_tolerance.py
+	$(BIN)/python bench/bench_lc.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

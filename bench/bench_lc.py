@@ -7,7 +7,7 @@ Two plans: Tucker-2 at half of each conv's full ranks, the classifier and the fi
 dense (a rankopt-like plan), and the same with ranks shrunk until the plan has about half the
 parameters (2x more compression). Both modes get ``--epochs`` epochs in all.
 
-    PYTHONPATH=. nice python bench/bench_lc.py --epochs 6
+    .venv/bin/python bench/bench_lc.py --epochs 6
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import copy
 from typing import Any
 
 import torch
+from _common import machine_info, markdown_table
 from torch import nn
 
-from bench._common import machine_info, markdown_table
 from tensorops import Choice, Plan, estimate_cost, get_method, inventory, measure_cost
 from worker.data import DataBundle, load_dataset
 from worker.search import SearchConfig, prepare
