@@ -27,6 +27,10 @@ from service.procs import Proc, free_port, rankopt_env, stop_all, wait_ready
 
 OUT = Path("runs/demo")
 ARCH = "rankopt:lenet5"
+#: The batch the latency constraint and the table time (a served model sees batches; at batch 1
+#: per-call overhead makes every factorised LeNet-5 slower than the dense one).
+LATENCY_BATCH = 32
+
 SPEC: dict[str, Any] = {
     "arch": ARCH,
     "dataset": "mnist5k",
@@ -34,7 +38,8 @@ SPEC: dict[str, Any] = {
     "epochs_per_trial": 2,
     "final_epochs": 6,
     "max_accuracy_drop": 1.0,
-    "max_latency_ratio": 1.0,  # smaller and never slower (at batch 1, the table's)
+    "max_latency_ratio": 1.0,  # smaller and never slower (at the table's batch size)
+    "latency_batch_size": LATENCY_BATCH,
     "exports": ["torchscript", "onnx"],
 }
 
@@ -188,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = evaluate(small, data, device="cpu").accuracy
     original = get_model(ARCH, num_classes=10, in_channels=1)
     load_weights(original, read_state_dict(weights))
-    example = data.example_input(1)
-    before, after = measure_cost(original, example), measure_cost(small, example)
+    example = data.example_input(LATENCY_BATCH)
+    before, after = measure_cost(original, example[:1]), measure_cost(small, example[:1])
     cpu = torch.device("cpu")
     lat_before = measure_latency(original, example, device=cpu, repeats=50)
     # Timed interleaved with the original (as the search does), so that load from other
@@ -197,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     lat_after = lat_before / measure_speedup(original, small, example, device=cpu, repeats=50)
     base = result["baseline"]["accuracy"]
     p_ratio, m_ratio = before.params / after.params, before.macs / after.macs
-    print("== before and after (latency: batch 1, CPU, 1 thread, median of 50 interleaved)")
+    print(
+        f"== before and after (latency: batch {LATENCY_BATCH}, CPU, 1 thread, median of 50 "
+        "interleaved)"
+    )
     print(
         _table(
             [
