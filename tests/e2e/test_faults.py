@@ -299,7 +299,9 @@ def test_postgres_restart_mid_search(postgres_base: str, weights: Path, tmp_path
     why = can_restart_postgres(postgres_base)
     if why:
         pytest.skip(why)
-    trials = 10
+    # Enough trials that budget is left when the server is back: trials got faster (sample
+    # budgets), and with 10 the budget could all be started before the restart ended.
+    trials = 24
     with scratch_postgres(postgres_base) as url:
         settings = make_settings(tmp_path, database_url=url)
         store = Store.from_settings(settings)
