@@ -3,7 +3,8 @@
 Optuna's RDB storage keeps its tables, unprefixed, in the same database as the store:
 ``studies``, ``trials``, ``trial_params``, ``trial_user_attributes``, ``trial_heartbeats`` and
 more. The API reads a live study from them, deletes a study's rows, and looks up a study's
-id; the worker pool's reaper asks which trials ever sent a heartbeat. All of it is here, with
+id; the worker pool's reaper asks which trials ever sent a heartbeat, and a trial's heartbeat
+asks whether its trial still runs. All of it is here, with
 SQLAlchemy Core on lightweight table stubs (or reflection, to delete), so that a change of
 Optuna's schema has one place to be followed.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "delete_study_rows",
     "read_study_trials",
     "study_id_of",
+    "trial_state",
     "trials_with_heartbeat",
 ]
 
@@ -173,6 +175,17 @@ def trials_with_heartbeat(engine: Engine, trial_ids: Collection[int]) -> set[int
     with read_only(engine).connect() as conn:
         rows = conn.execute(select(column_).where(column_.in_(list(trial_ids))))
         return {int(row[0]) for row in rows}
+
+
+def trial_state(engine: Engine, trial_id: int) -> str | None:
+    """The state name (``RUNNING``, ``FAIL``, ...) of the trial with Optuna's ``trial_id`` in
+    ``engine``'s database; None when there is no such trial (its study was deleted)."""
+    with read_only(engine).connect() as conn:
+        row = conn.execute(select(_trials.c.state).where(_trials.c.trial_id == trial_id)).first()
+    if row is None:
+        return None
+    state = row[0]
+    return str(getattr(state, "name", state))
 
 
 def delete_study_rows(engine: Engine, study_name: str) -> int:

@@ -44,6 +44,8 @@ from worker.pool import _phases as phases_module
 from worker.pool import _trial as trial_module
 from worker.pool import _worker as worker_module
 from worker.pool._budget import INTERRUPTED_ATTR, requeue_interrupted
+from worker.pool._storage import StaleTrialCallback
+from worker.search import SearchStopped
 from worker.structured_logs import JsonFormatter, log_event
 from worker.training import evaluate
 
@@ -382,6 +384,52 @@ def test_repeated_trial_errors_fail_the_job(
     assert failed.error_message is not None and "out of memory" in failed.error_message
     trials = trials_of(storage_of(settings), job.study_name)
     assert [t.state for t in trials if t.state != TrialState.WAITING] == [TrialState.FAIL] * 2
+
+
+def test_a_trial_reaped_while_it_runs_is_abandoned_not_finished_or_requeued(
+    settings: Settings,
+    store: Store,
+    owner: ApiKeyRecord,
+    weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A worker starved of CPU past the grace period looks dead: another process fails its
+    # trial (and queues the retry). Its heartbeat finds out and the trial stops at an epoch.
+    polls: list[bool] = []
+
+    def reaped_objective(ctx: Any, *, should_stop: Any) -> Any:
+        def objective(trial: optuna.Trial) -> float:
+            reaper = storage_of(settings)  # what the reaper does to a stale trial
+            reaper.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            StaleTrialCallback()(trial.study, reaper.get_trial(trial._trial_id))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # "epochs", each asking whether to go on
+                polls.append(should_stop())
+                if polls[-1]:
+                    raise SearchStopped(trial.number)
+                time.sleep(0.2)
+            return 1.0
+
+        return objective
+
+    monkeypatch.setattr(trial_module, "make_objective", reaped_objective)
+    job = submit(store, settings, owner, weights, trials=2)
+    worker = make_worker(settings, store)
+    try:
+        assert worker.run_once()  # prepare
+        with caplog.at_level(logging.INFO):
+            assert worker.run_trial(store.load_job(job.id))
+    finally:
+        worker.close()
+    assert polls[-1] and len(polls) < 50  # stopped within a heartbeat or two, not at the end
+    trials = trials_of(storage_of(settings), job.study_name)
+    assert trials[0].state == TrialState.FAIL
+    retries = [t for t in trials if 0 in t.system_attrs.get("retry_history", ())]
+    assert [t.state for t in retries] == [TrialState.WAITING]  # the reaper's; none of its own
+    finished = [r for r in caplog.records if getattr(r, "event", "") == "trial_finished"]
+    assert [r.getMessage().split(":")[0] for r in finished] == ["trial 0 reaped"]
+    assert store.load_job(job.id).trials_done == 0
 
 
 # --------------------------------------------------------------------------- budget

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,18 @@ def test_worker_picks_up_work_after_the_database_comes_back(
         thread.join(30)
         worker.close()
         store.dispose()
+
+
+def test_a_reaper_that_lost_the_database_forgets_the_silence_it_had_seen(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blind meanwhile, it cannot know whether the silent trial's worker wrote a heartbeat.
+    reaper = _reaper(store)
+    reaper._silent["job"] = {7: time.monotonic() - 100.0}
+
+    def reap_once() -> int:
+        raise _outage()
+
+    monkeypatch.setattr(reaper, "reap_once", reap_once)
+    assert reaper.reap_logged() is False
+    assert reaper._silent == {}

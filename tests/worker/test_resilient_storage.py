@@ -124,6 +124,58 @@ def test_a_stale_trial_is_reaped_only_when_seen_stale_twice_a_grace_period_apart
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
 
 
+def test_a_looker_that_met_an_outage_suspects_nothing_until_a_heartbeat_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut off itself, the looker cannot tell a dead worker from a live one cut off with it.
+    storage = _storage(tmp_path)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    answer: dict[str, object] = {"stale": [trial._trial_id]}
+
+    def stale_ids(self: optuna.storages.RDBStorage, study_id: int) -> list[int]:
+        if answer["stale"] is None:
+            raise _lost_connection()
+        return list(answer["stale"])  # type: ignore[call-overload]
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_stale_trial_ids", stale_ids)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # a suspect
+    time.sleep(1.2)
+    answer["stale"] = None  # the database goes away for the looker too
+    with pytest.raises(OperationalError):
+        storage._get_stale_trial_ids(study._study_id)
+    time.sleep(1.0)
+    answer["stale"] = [trial._trial_id]  # back; without the outage it would be confirmed now
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    time.sleep(1.1)  # one heartbeat interval after the outage: suspected afresh
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    time.sleep(1.0)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # 1 s of the 2 s grace
+    time.sleep(1.1)
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_a_heartbeat_finds_out_that_its_trial_was_reaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = _storage(tmp_path)
+    reaper = _storage(tmp_path)  # another process, on the same database
+    study = optuna.create_study(storage=worker)
+    running, other = study.ask(), study.ask()
+    caplog.set_level(logging.INFO, logger="worker.pool._resilient_storage")
+    worker.record_heartbeat(running._trial_id)
+    assert not worker.was_reaped(running._trial_id)
+    reaper.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)
+    assert not worker.was_reaped(running._trial_id)  # not until its next heartbeat
+    worker.record_heartbeat(running._trial_id)
+    worker.record_heartbeat(running._trial_id)
+    worker.record_heartbeat(other._trial_id)
+    assert worker.was_reaped(running._trial_id)
+    assert not worker.was_reaped(other._trial_id) and not reaper.was_reaped(running._trial_id)
+    (record,) = [r for r in caplog.records if getattr(r, "event", "") == "trial_abandoned"]
+    assert "FAIL" in record.getMessage() and "abandoned" in record.getMessage()
+
+
 def test_a_dead_workers_trial_is_still_reaped_and_retried(tmp_path: Path) -> None:
     storage = ResilientRDBStorage(
         f"sqlite:///{tmp_path}/study.db",

@@ -10,12 +10,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import optuna
-
 from service.settings import Settings
 from service.store import JobRecord, Store
 from worker.pool._budget import Counts
 from worker.pool._context import ContextCache, JobContext
+from worker.pool._resilient_storage import ResilientRDBStorage
 
 
 class WorkerHost(Protocol):
@@ -28,7 +27,7 @@ class WorkerHost(Protocol):
     cache: ContextCache
 
     @property
-    def storage(self) -> optuna.storages.RDBStorage: ...
+    def storage(self) -> ResilientRDBStorage: ...
 
     @property
     def aborted(self) -> bool: ...

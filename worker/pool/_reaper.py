@@ -11,7 +11,8 @@ worker died between taking the trial and the heartbeat thread's first write (a s
 but a SIGKILL can land in it, and the trial would then block its budget slot forever). The
 reaper fails such a trial too once it has seen it RUNNING without any heartbeat for
 ``silent_after`` seconds (by its own clock, so clock skew between machines does not matter),
-and retries it like a stale one.
+and retries it like a stale one. A reaper that could not reach the database forgets what it
+had seen: the silence must be seen again, whole, after the database answers.
 
 The reaper reads the job table through the :class:`~service.store.Store` and Optuna's heartbeat
 table through :mod:`service.store.optuna_tables`. While the database is unreachable it says so
@@ -109,6 +110,8 @@ class Reaper:
             self.reap_once()
         except Exception as exc:
             outage = describe_outage(exc)
+            if outage is not None:  # blind meanwhile: silence seen before proves nothing
+                self._silent.clear()
             if outage is None:
                 log_event(
                     logger,

@@ -15,6 +15,15 @@ keep a trial alive across an outage:
   grace period later. A worker that is alive has written a heartbeat by then (it retries about
   every second while the database is down), whereas a dead worker's trial stays stale. Reaping
   a dead worker's trial therefore takes one grace period longer than Optuna alone would.
+* **The looker's own outage resets its suspicions.** A process that could not reach the
+  database itself cannot tell a dead worker from a live one that was cut off with it: when
+  its search for stale trials meets an outage, it forgets its suspects and starts suspecting
+  again only one heartbeat interval after the database answers, so that every live worker has
+  had a heartbeat tick to reconnect.
+* **A trial learns when it was reaped anyway.** After each heartbeat the trial's state is read
+  back; a trial that another process failed as stale (a worker starved of CPU for longer than
+  the grace period looks dead) is marked :meth:`~ResilientRDBStorage.was_reaped`, and the
+  worker abandons it at its next epoch instead of finishing work whose retry is already queued.
 * **A trial's own writes wait out an outage.** Intermediate values and trial attributes (which
   a trial writes as it trains) are retried for up to ``outage_patience`` seconds when the
   database is unreachable, instead of failing the trial. These writes are idempotent.
@@ -34,6 +43,7 @@ from typing import Any, TypeVar
 import optuna
 
 from service.store import is_database_unavailable
+from service.store.optuna_tables import trial_state
 from worker.structured_logs import log_event
 
 __all__ = ["DEFAULT_OUTAGE_PATIENCE_S", "ResilientRDBStorage"]
@@ -60,6 +70,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         self._outage_since: float | None = None
         # study id -> {trial id: monotonic time this process first saw it stale}
         self._suspects: dict[int, dict[int, float]] = {}
+        # No new suspects before this monotonic time (set after this process's own outage).
+        self._suspect_from = 0.0
+        self._looked_through_outage = False
+        self._reaped: set[int] = set()
 
     # -- outage bookkeeping --------------------------------------------------------------
 
@@ -118,6 +132,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 lambda: super(ResilientRDBStorage, self).record_heartbeat(trial_id),
                 interval,
             )
+            self._check_still_running(trial_id)
         except Exception as exc:  # an outage that lasts, or another error: try at next tick
             if is_database_unavailable(exc):
                 self._outage_began(exc, "the trial heartbeat")
@@ -130,13 +145,50 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     exc,
                 )
 
+    def _check_still_running(self, trial_id: int) -> None:
+        """Mark the trial reaped when its state is no longer RUNNING (module doc)."""
+        if trial_id in self._reaped:
+            return
+        state = trial_state(self.engine, trial_id)
+        if state is None or state == "RUNNING":
+            return
+        with self._lock:
+            self._reaped.add(trial_id)
+        log_event(
+            logger,
+            logging.WARNING,
+            "trial_abandoned",
+            f"trial id {trial_id} is {state} in the study although this worker still runs it "
+            "(another process took it for a dead worker's); it is abandoned, its retry is queued",
+            trial_id=trial_id,
+            state=state,
+        )
+
+    def was_reaped(self, trial_id: int) -> bool:
+        """True once a heartbeat of this running trial found it failed by another process."""
+        with self._lock:
+            return trial_id in self._reaped
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Trials seen stale twice by this process, at least one grace period apart."""
-        stale = super()._get_stale_trial_ids(study_id)
+        """Trials seen stale twice by this process, at least one grace period apart, none of
+        them before one heartbeat interval after this process's own outage (module doc)."""
         interval = float(self.heartbeat_interval or 1)
+        try:
+            stale = super()._get_stale_trial_ids(study_id)
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                with self._lock:
+                    self._suspects.clear()
+                    self._looked_through_outage = True
+            raise
         confirm_after = float(self.grace_period if self.grace_period is not None else 2 * interval)
         now = time.monotonic()
         with self._lock:
+            if self._looked_through_outage:
+                self._looked_through_outage = False
+                self._suspect_from = now + interval
+            if now < self._suspect_from:
+                return []
             seen = self._suspects.setdefault(study_id, {})
             for trial_id in [t for t in seen if t not in stale]:
                 del seen[trial_id]  # it sent a heartbeat again, or it ended

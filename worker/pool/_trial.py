@@ -3,7 +3,10 @@
 :class:`TrialRun` replaces what were nested closures of the worker: :meth:`TrialRun.attempt`
 checks the budget and the job's state, then trains the plan; :meth:`TrialRun.objective` is what
 Optuna calls, and turns a database outage inside the trial into an interrupted (requeued,
-uncounted) trial. The :class:`TrialOutcome` says how it ended.
+uncounted) trial. The :class:`TrialOutcome` says how it ended. A trial that another process
+failed as stale while this worker still ran it (its heartbeat found out, see
+:mod:`worker.pool._resilient_storage`) is abandoned at its next epoch: ``reaped``, neither
+counted nor queued again here (the reaper's retry already is).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from worker.search import SearchStopped, make_objective
 
 __all__ = ["OverBudget", "TrialOutcome", "TrialRun", "frozen_trial"]
 
-OutcomeKind = Literal["none", "complete", "pruned", "failed", "stopped", "over_budget", "error"]
+OutcomeKind = Literal[
+    "none", "complete", "pruned", "failed", "stopped", "reaped", "over_budget", "error"
+]
 
 
 class OverBudget(SearchStopped):
@@ -49,7 +54,14 @@ class TrialRun:
         self.jc = jc
         self.budget = budget
         self.outcome = TrialOutcome()
-        self._train = make_objective(jc.ctx, should_stop=lambda: worker.trial_should_stop(job.id))
+        self._trial_id: int | None = None
+        self._train = make_objective(
+            jc.ctx, should_stop=lambda: self.reaped() or worker.trial_should_stop(job.id)
+        )
+
+    def reaped(self) -> bool:
+        """True once this trial's heartbeat found it failed by another process."""
+        return self._trial_id is not None and self.worker.storage.was_reaped(self._trial_id)
 
     def run(self) -> TrialOutcome:
         """Ask the study for one trial and run it; never raises."""
@@ -61,6 +73,9 @@ class TrialRun:
         except Exception as exc:  # storage trouble while telling Optuna the result
             outcome.kind = "error"
             outcome.error = f"{type(exc).__name__}: {exc}"
+        if self.reaped():  # its result (if any) could not be told: the trial was failed
+            outcome.kind = "reaped"
+            outcome.error = "another process failed it as stale; its retry is queued"
         return outcome
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -84,6 +99,7 @@ class TrialRun:
         """Check the budget and the job, then train and evaluate the trial's plan."""
         worker, job, jc, outcome = self.worker, self.job, self.jc, self.outcome
         outcome.number = trial.number
+        self._trial_id = trial._trial_id
         trial.set_user_attr(WORKER_ATTR, worker.worker_id)
         if trial.user_attrs.get(INTERRUPTED_ATTR):  # a requeued plan keeps no old verdict
             trial.set_user_attr(INTERRUPTED_ATTR, False)

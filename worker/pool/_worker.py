@@ -34,8 +34,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import optuna
-
 from service.settings import Settings
 from service.store import (
     Claim,
@@ -51,6 +49,7 @@ from worker.pool._phases import cleanup_cancelled
 from worker.pool._phases import finalize as finalize_phase
 from worker.pool._phases import prepare as prepare_phase
 from worker.pool._reaper import Reaper
+from worker.pool._resilient_storage import ResilientRDBStorage
 from worker.pool._storage import (
     delete_study_if_exists,
     heartbeat_interval,
@@ -134,7 +133,7 @@ class Worker:
         self._abort = threading.Event()
         self.cache = ContextCache(max_cached_jobs)
         self._skip: dict[str, float] = {}
-        self._storage: optuna.storages.RDBStorage | None = None
+        self._storage: ResilientRDBStorage | None = None
         self._storage_lock = threading.Lock()
         self.reaper = Reaper(
             self.store,
@@ -146,7 +145,7 @@ class Worker:
 
     # ------------------------------------------------------------------ plumbing
     @property
-    def storage(self) -> optuna.storages.RDBStorage:
+    def storage(self) -> ResilientRDBStorage:
         """The shared Optuna storage (opened on first use)."""
         with self._storage_lock:
             if self._storage is None:
@@ -423,7 +422,7 @@ class Worker:
 
     def _after_trial(self, job: JobRecord, jc: JobContext, outcome: TrialOutcome) -> None:
         fields: dict[str, Any] = {"trial": outcome.number, "outcome": outcome.kind}
-        level = logging.WARNING if outcome.kind in ("failed", "error") else logging.INFO
+        level = logging.WARNING if outcome.kind in ("failed", "error", "reaped") else logging.INFO
         message = f"trial {outcome.number} {outcome.kind}" + (
             f": {outcome.error}" if outcome.error else ""
         )
