@@ -28,6 +28,7 @@ from service.api.schemas import (
 from service.api.submit import FORM_SCHEMA, submit_job
 from service.api.trials import delete_study_rows, read_trials, report_of
 from service.artifacts import PathEscapeError, confined, job_upload_dir, remove_tree
+from service.report_model import RESULT_KEYS
 from service.store import JobStatus
 
 __all__ = ["router"]
@@ -222,24 +223,12 @@ def get_result(job: OwnedJob, state: State) -> ResultOut:
                 )
             )
     artifacts = state.store.list_artifacts(job.id, job.owner_id)
+    served = {key: report[key] for key in RESULT_KEYS if report.get(key) is not None}
     return ResultOut.model_validate(
         {
+            **served,  # what an older report lacks (or has as null) gets the model's default
             "job_id": job.id,
-            "baseline": report.get("baseline"),
-            "final": report.get("final"),
-            "ratios": report.get("ratios"),
-            "found_feasible": report.get("found_feasible"),
-            "kept_original_reason": report.get("kept_original_reason"),
-            "chosen_trial": report.get("chosen_trial"),
-            "plan": report.get("plan"),
-            "layers": report.get("layers") or [],
             "pareto_front": front,
-            "verification": report.get("verification") or [],
-            "arch": report.get("arch"),
-            "data": report.get("data"),
-            "test": report.get("test"),
-            "test_note": report.get("test_note"),
-            "search": report.get("search"),
             "artifacts": [artifact_out(a) for a in artifacts],
         }
     )

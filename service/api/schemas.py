@@ -1,12 +1,24 @@
-"""Pydantic schemas of the REST API's responses (the ORM models live in ``service.store``)."""
+"""Pydantic schemas of the REST API's responses (the ORM models live in ``service.store``).
+
+The report's models (:class:`ResultOut`, :class:`TrialOut` and what they nest) are not written
+out here: they are made at import from the dataclasses of :mod:`service.report_model`, the one
+definition of the report's shape (:func:`served_model`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import operator
+from collections.abc import Collection
 from datetime import datetime
-from typing import Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from service.report_model import FILE_ONLY_KEYS, LayerRow, Report, TrialRecord
 from service.store import ArtifactRecord, JobRecord, JobStatus
 
 __all__ = [
@@ -16,21 +28,19 @@ __all__ = [
     "ArtifactOut",
     "ErrorBody",
     "ErrorInfo",
-    "FinalMeasurement",
     "HealthOut",
     "JobList",
     "JobOut",
-    "Measurement",
     "ParetoPoint",
     "Phase",
     "ProgressOut",
-    "Ratios",
     "ResultOut",
     "TrialList",
     "TrialOut",
     "artifact_out",
     "job_out",
     "phase_of",
+    "served_model",
 ]
 
 Phase = Literal["queued", "prepare", "search", "finalize", "cancel", "done"]
@@ -122,42 +132,6 @@ class JobList(BaseModel):
     )
 
 
-class TrialOut(BaseModel):
-    """One trial of a job's search."""
-
-    model_config = ConfigDict(extra="allow")
-
-    number: int
-    state: str = Field(examples=["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"])
-    seed: str | None = Field(default=None, description="label of an EVBMF seed trial")
-    params: dict[str, Any] = Field(default_factory=dict)
-    plan: dict[str, Any] | None = None
-    accuracy: float | None = None
-    accuracy_drop: float | None = None
-    compression: float | None = None
-    params_count: int | None = None
-    macs: int | None = None
-    latency_s: float | None = None
-    latency_ratio: float | None = Field(
-        default=None, description="measured latency over the original's (with max_latency_ratio)"
-    )
-    latency_met: bool | None = Field(
-        default=None, description="within max_latency_ratio (none: no latency constraint)"
-    )
-    duration_s: float | None = None
-    worker: str | None = Field(default=None, description="the worker process that ran it")
-
-
-class TrialList(BaseModel):
-    """Every trial of a job and where they were read from."""
-
-    job_id: str
-    source: Literal["result", "report", "study", "none"] = Field(
-        description="result/report: the finished job's report; study: the live Optuna study"
-    )
-    trials: list[TrialOut]
-
-
 class ArtifactOut(BaseModel):
     """A file a finished job produced."""
 
@@ -186,61 +160,6 @@ class ArtifactList(BaseModel):
     artifacts: list[ArtifactOut]
 
 
-class Measurement(BaseModel):
-    """Accuracy and cost of one model."""
-
-    model_config = ConfigDict(extra="allow")
-
-    accuracy: float | None = Field(default=None, description="on the validation split")
-    val_accuracy: float | None = Field(default=None, description="on the validation split")
-    test_accuracy: float | None = Field(
-        default=None, description="on the held-out test split (none: the data has no test split)"
-    )
-    params: int | None = None
-    macs: int | None = None
-    latency_s: float | None = None
-
-
-class FinalMeasurement(Measurement):
-    """Accuracy and cost of the compressed model."""
-
-    accuracy_drop: float | None = Field(
-        default=None, description="in accuracy points, on validation (what the tolerance judges)"
-    )
-    val_accuracy_drop: float | None = Field(
-        default=None, description="in accuracy points, on the validation split"
-    )
-    test_accuracy_drop: float | None = Field(
-        default=None, description="in accuracy points, on the held-out test split (none: no test)"
-    )
-    test_constraint_met: bool | None = Field(
-        default=None,
-        description="whether the test drop is within the tolerance too (none: no test split)",
-    )
-    latency_ratio: float | None = Field(
-        default=None, description="measured latency over the original's (under 1: faster)"
-    )
-    max_latency_ratio: float | None = Field(
-        default=None, description="the job's latency limit (none: no latency constraint)"
-    )
-    latency_constraint_met: bool | None = Field(
-        default=None, description="within max_latency_ratio (none: no latency constraint)"
-    )
-    constraint_met: bool | None = Field(
-        default=None, description="within the tolerance and the latency limit, if any"
-    )
-
-
-class Ratios(BaseModel):
-    """Original / compressed (higher is smaller or faster)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    params: float | None = None
-    macs: float | None = None
-    latency: float | None = None
-
-
 class ParetoPoint(BaseModel):
     """A trial on the accuracy/compression Pareto front."""
 
@@ -249,37 +168,123 @@ class ParetoPoint(BaseModel):
     compression: float | None = None
 
 
-class ResultOut(BaseModel):
-    """The report of a SUCCEEDED job."""
+def _served_type(hint: Any) -> Any:
+    """``hint`` with every report dataclass in it replaced by its :func:`served_model`."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return served_model(hint)
+    args = get_args(hint)
+    if not args:
+        return hint
+    served = tuple(_served_type(arg) for arg in args)
+    origin = get_origin(hint)
+    if origin in (Union, UnionType):
+        return functools.reduce(operator.or_, served)
+    return origin[served]
+
+
+def _model_of(
+    cls: type,
+    name: str,
+    *,
+    doc: str | None = None,
+    required: Collection[str] = (),
+    leave_out: Collection[str] = (),
+    replace: dict[str, tuple[Any, Any]] | None = None,
+    before: dict[str, tuple[Any, Any]] | None = None,
+    after: dict[str, tuple[Any, Any]] | None = None,
+    extra: Literal["allow", "ignore"] = "allow",
+) -> type[BaseModel]:
+    """A model of the dataclass ``cls``'s fields (see :func:`served_model`) but ``leave_out``,
+    ``replace``'s (type, field) for some, ``before`` and ``after`` theirs around them; the
+    fields in ``required`` keep their type and must be there."""
+    hints = get_type_hints(cls)
+    definitions: dict[str, Any] = dict(before or {})
+    for spec in dataclasses.fields(cls):
+        if spec.name in leave_out:
+            continue
+        if replace and spec.name in replace:
+            definitions[spec.name] = replace[spec.name]
+            continue
+        hint = _served_type(hints[spec.name])
+        meta = dict(spec.metadata)
+        if spec.name in required:
+            info = Field(**meta)
+        elif get_origin(hint) is list:
+            info = Field(default_factory=list, **meta)
+        elif spec.default is not dataclasses.MISSING:
+            info = Field(default=spec.default, **meta)
+            hint = hint | None
+        else:
+            info = Field(default=None, **meta)
+            hint = hint | None
+        definitions[spec.name] = (hint, info)
+    definitions.update(after or {})
+    return create_model(
+        name,
+        __config__=ConfigDict(extra=extra),
+        __doc__=doc or cls.__doc__,
+        __module__=__name__,
+        **definitions,
+    )
+
+
+@functools.cache
+def served_model(cls: type) -> type[BaseModel]:
+    """The API's model of a report dataclass of :mod:`service.report_model`, named after it.
+
+    Same fields in the same order, with the same types (nested dataclasses by their models),
+    each field's metadata (``description``, ``examples``) as its schema's, and lenient, so a
+    report written by an older version is served too: a list field defaults to empty, any
+    other to the dataclass's default or else null. Unknown keys are kept.
+    """
+    return _model_of(cls, cls.__name__)
+
+
+if TYPE_CHECKING:  # models made at import: mypy sees their base
+    TrialOut = BaseModel
+    ResultOut = BaseModel
+else:
+    #: One trial of a job's search: a :class:`~service.report_model.TrialRecord`.
+    TrialOut = _model_of(TrialRecord, "TrialOut", required=("number", "state"))
+    #: The report of a SUCCEEDED job: the :data:`~service.report_model.RESULT_KEYS` of its
+    #: :class:`~service.report_model.Report`, with the Pareto front's points and the artifacts.
+    #: ``layers`` are served as ``report.json`` has them (``LayerRow.to_dict``: no ``kept``,
+    #: ``reason`` only on a dense layer's row), which a model's fields could not say.
+    ResultOut = _model_of(
+        Report,
+        "ResultOut",
+        doc="The report of a SUCCEEDED job.",
+        before={"job_id": (str, ...)},
+        leave_out=FILE_ONLY_KEYS,
+        replace={
+            "layers": (
+                list[dict[str, Any]],
+                Field(default_factory=list, description=inspect.cleandoc(LayerRow.__doc__ or "")),
+            )
+        },
+        after={
+            "found_feasible": (
+                bool | None,
+                Field(default=None, description=Report.found_feasible.__doc__),
+            ),
+            "pareto_front": (
+                list[ParetoPoint],
+                Field(default_factory=list, description="its trials, by number"),
+            ),
+            "artifacts": (list[ArtifactOut], ...),
+        },
+        extra="ignore",
+    )
+
+
+class TrialList(BaseModel):
+    """Every trial of a job and where they were read from."""
 
     job_id: str
-    baseline: Measurement | None
-    final: FinalMeasurement | None
-    ratios: Ratios | None
-    found_feasible: bool | None
-    kept_original_reason: str | None = Field(
-        default=None, description="why the original model was kept, when it was"
+    source: Literal["result", "report", "study", "none"] = Field(
+        description="result/report: the finished job's report; study: the live Optuna study"
     )
-    chosen_trial: int | None
-    plan: dict[str, Any] | None
-    layers: list[dict[str, Any]]
-    pareto_front: list[ParetoPoint]
-    verification: list[dict[str, Any]] = Field(
-        default_factory=list, description="the candidates fine-tuned longer before choosing"
-    )
-    arch: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
-    test: dict[str, Any] | None = Field(
-        default=None,
-        description="baseline_accuracy, final_accuracy, accuracy_drop, constraint_met and n on "
-        "the held-out test split, read only after the choice (none: no test split, see "
-        "test_note)",
-    )
-    test_note: str | None = Field(
-        default=None, description="where the test split came from, or why there is none"
-    )
-    search: dict[str, Any] | None = Field(default=None, description="the search configuration")
-    artifacts: list[ArtifactOut]
+    trials: list[TrialOut]
 
 
 class HealthOut(BaseModel):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from service.artifacts import ArtifactStore, artifact_store, zip_directory
+from service.report_model import RESULT_KEYS
 from service.settings import Settings
 from service.store import Store
 from tensorops import Plan, load_compressed, save_compressed
@@ -50,26 +51,9 @@ ARTIFACTS: dict[str, str] = {
 }
 EXPORT_FILES: dict[str, str] = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 
-#: Report keys copied into the job's result record (the full report stays in report.json).
-SUMMARY_KEYS = (
-    "baseline",
-    "final",
-    "ratios",
-    "chosen_trial",
-    "chosen_by_spending",
-    "found_feasible",
-    "kept_original_reason",
-    "verification",
-    "spend",
-    "test",
-    "test_note",
-    "plan",
-    "layers",
-    "pareto_front",
-    "search",
-    "data",
-    "arch",
-)
+#: Report keys copied into the job's result record (the full report stays in report.json):
+#: those ``GET /v1/jobs/{id}/result`` serves, defined with the report in ``service.report_model``.
+SUMMARY_KEYS: tuple[str, ...] = RESULT_KEYS
 
 
 def _jsonable(value: Any) -> Any:

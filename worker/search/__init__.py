@@ -3,9 +3,11 @@
 :func:`prepare` builds the :class:`SearchContext` (baseline, inventory, search space),
 :func:`open_study` and :func:`run_trials` run the study, and :func:`finalize` verifies the
 candidates (:mod:`worker.search._candidates`), writes the checkpoint, the typed
-:class:`Report` (:mod:`worker.search._report`) and the Pareto plot (:mod:`worker.search._plot`).
+:class:`Report` (defined in :mod:`service.report_model`, written by :mod:`worker.search._report`)
+and the Pareto plot (:mod:`worker.search._plot`).
 """
 
+from service.report_model import Report, pareto_front
 from worker.search._candidates import best_feasible, fallback_candidate, verification_candidates
 from worker.search._config import OBJECTIVES, PRUNERS, SAMPLERS, SearchConfig, search_config
 from worker.search._context import PREPARED_ATTR, SearchContext, prepare, prepared_summary
@@ -13,7 +15,6 @@ from worker.search._finalize import SearchResult, finalize
 from worker.search._latency import measure_latency, measure_speedup, median_ratio, time_rounds
 from worker.search._objective import make_objective
 from worker.search._pruning import FeasibilityPruner
-from worker.search._report import Report, pareto_front
 from worker.search._run import Progress, default_storage, run_search, run_trials
 from worker.search._seeds import seed_trials
 from worker.search._space import LayerSpace, build_space, plan_from_params

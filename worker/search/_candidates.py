@@ -13,10 +13,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from service.report_model import Verification
 from tensorops import Plan
 from worker.search._config import SearchConfig, drop_points, verify_mode
 from worker.search._context import SearchContext
-from worker.search._report import Verification
 from worker.search._study import LATENCY_MET_ATTR, LATENCY_RATIO_ATTR
 from worker.training import EvalResult, evaluate
 

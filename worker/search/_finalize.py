@@ -1,7 +1,8 @@
 """Finalise: pick the best feasible plan, fine-tune it longer, write checkpoint and report.
 
 The candidates and the choice are in :mod:`worker.search._candidates`, the report's model in
-:mod:`worker.search._report`, the Pareto plot in :mod:`worker.search._plot`.
+:mod:`service.report_model` (written by :mod:`worker.search._report`), the Pareto plot in
+:mod:`worker.search._plot`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from tensorops import LayerInfo, Plan, measure_cost, save_compressed
-from tensorops.methods import get_method
-from worker.search._candidates import choose, kept_original_reason, verify_budget
-from worker.search._config import drop_points
-from worker.search._context import SearchContext
-from worker.search._plot import plot_pareto
-from worker.search._report import (
+from service.report_model import (
     Baseline,
     DataSummary,
     Final,
@@ -31,8 +26,14 @@ from worker.search._report import (
     Ratios,
     Report,
     TrialRecord,
-    write_json,
 )
+from tensorops import LayerInfo, Plan, measure_cost, save_compressed
+from tensorops.methods import get_method
+from worker.search._candidates import choose, kept_original_reason, verify_budget
+from worker.search._config import drop_points
+from worker.search._context import SearchContext
+from worker.search._plot import plot_pareto
+from worker.search._report import write_json
 from worker.search._spend import SpendResult, spend_margin
 from worker.search._study import LATENCY_MET_ATTR, LATENCY_RATIO_ATTR, SEED_ATTR
 from worker.training import evaluate
