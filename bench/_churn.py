@@ -8,9 +8,9 @@
   a TCP proxy that this script cuts once for longer than twice the trial heartbeat); every
   ``--kill-every`` seconds one worker that has finished starting (it logged ``worker_started``)
   is SIGKILLed and a fresh one started; the API SIGKILLed once and restarted. Reported: jobs
-  SUCCEEDED out of submitted, worker kills, API kills, outages, duplicated trials (a trial
-  failed while its worker was alive: it would run twice) and the total time, next to the same
-  jobs without faults.
+  SUCCEEDED out of submitted, worker kills, API kills, outages, the trials that failed while
+  their worker was alive, by how they ended there (:func:`_ending`; ``ran_twice`` is a
+  duplicated trial) and the total time, next to the same jobs without faults.
 """
 
 from __future__ import annotations
@@ -152,12 +152,16 @@ def bench_churn(
         elapsed = time.monotonic() - began
         client.close()
         storage = _storage(run.database_url)
-        duplicated = 0
+        logs = "\n".join(_text(p) for p in run.procs)
+        live_failures: dict[str, int] = {}
         counted_ok = 0
         for job_id in ids:
             trials = _trials(storage, f"job-{job_id}")
-            failed = [t for t in trials if t.state == TrialState.FAIL]
-            duplicated += sum(1 for t in failed if t.user_attrs.get(WORKER_ATTR) not in killed)
+            for t in trials:
+                worker = t.user_attrs.get(WORKER_ATTR)
+                if t.state == TrialState.FAIL and worker not in killed:
+                    how = _ending(logs, worker, job_id, t.number)
+                    live_failures[how] = live_failures.get(how, 0) + 1
             counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
             counted_ok += len(counted) == spec["trials"]
         storage.engine.dispose()
@@ -177,10 +181,27 @@ def bench_churn(
         "api_kills": api_kills,
         "db_outages": outages,
         "outage_s": outage if outages else 0,
-        "duplicated_trials": duplicated,
+        "duplicated_trials": live_failures.get("ran_twice", 0),
+        "failed_while_worker_lived": live_failures,
         "seconds": round(elapsed, 1),
         "errors": errors,
     }
+
+
+def _ending(logs: str, worker: str | None, job_id: str, number: int) -> str:
+    """How a trial that FAILed while its worker lived ended on that worker, from its log:
+    ``ran_twice`` (it ran to its end there: complete, pruned, failed or error, while its
+    retry runs it again), ``abandoned`` (the worker learnt it was reaped and stopped it),
+    ``interrupted`` (stopped by an outage or a shutdown and queued again) or ``no_end_logged``."""
+    found = re.search(
+        rf"\[{re.escape(str(worker))}\] job={job_id} trial_finished: trial {number} (\w+)", logs
+    )
+    if found is None:
+        return "no_end_logged"
+    kind = found.group(1)
+    if kind in ("complete", "pruned", "failed", "error"):
+        return "ran_twice"
+    return {"reaped": "abandoned", "stopped": "interrupted"}.get(kind, kind)
 
 
 def _text(proc: Proc) -> str:

@@ -51,6 +51,16 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _commit() -> str:
+    """The checked-out commit (``+dirty`` with uncommitted changes)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "diff", "--quiet", "HEAD", "--", "worker", "service", "tensorops"]
+    )
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+
+
 def run_child(argv: list[str], log: Path) -> tuple[int, float, float]:
     """Run ``argv`` with its output in ``log``; (exit status, wall seconds, peak RSS in MiB)."""
     started = time.monotonic()
@@ -96,7 +106,12 @@ def subset_npz(out: Path, n_train: int) -> Path:
     assert splits.test is not None
     x_test, y_test = arrays(splits.test)
     np.savez(
-        path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test,
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
         y_test=y_test,
     )
     return path
@@ -122,9 +137,7 @@ def png_folder(out: Path) -> Path:
     return root
 
 
-def compress(
-    out: Path, name: str, weights: Path, dataset: str, extra: list[str]
-) -> dict[str, Any]:
+def compress(out: Path, name: str, weights: Path, dataset: str, extra: list[str]) -> dict[str, Any]:
     """One ``rankopt compress`` run; its measurements and the report's figures."""
     run_dir = out / name
     argv = [str(RANKOPT), "compress", "--arch", ARCH, "--weights", str(weights)]
@@ -139,6 +152,7 @@ def compress(
         "peak_rss_mib": round(rss, 1),
         "load_before": load_before,
         "load_after": _load(),
+        "commit": _commit(),
     }
     report_file = run_dir / "report.json"
     if status == 0 and report_file.exists():
