@@ -164,7 +164,7 @@ def compress(out: Path, name: str, weights: Path, dataset: str, extra: list[str]
             baseline_test=base.get("test_accuracy"),
             val_drop=final.get("val_accuracy_drop", final["accuracy_drop"]),
             test_drop=final.get("test_accuracy_drop"),
-            n_train=report["data"].get("n_train"),
+            n_train=report["data"].get("train"),
             trials=len(report["trials"]),
         )
     return row
@@ -176,7 +176,9 @@ def plan(args: argparse.Namespace, out: Path, weights: Path) -> list[tuple[str, 
     short = ["--trials", str(args.short_trials), "--verify-top", "1", "--final-epochs", "1"]
     if "memory" in args.runs:
         runs.append(("memory-builtin", "fashion-mnist", short))
-        runs.append(("memory-folder", f"folder:{png_folder(out)}", short))
+        # PNGs of 28x28 grayscale: one channel at LeNet-5's side (folders default to 32)
+        folder = f"folder:{png_folder(out)}"
+        runs.append(("memory-folder", folder, [*short, "--image-size", "28"]))
     if "sizes" in args.runs:
         for n in args.sizes:
             runs.append((f"size-{n}", str(subset_npz(out, n)), ["--seed", "0"]))

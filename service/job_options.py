@@ -205,6 +205,21 @@ class JobOptions(BaseModel):
     num_workers: int = Field(
         default=0, ge=0, le=64, description="DataLoader worker processes (0: read in-process)"
     )
+    image_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="side in pixels image folders (folder:) are resized to by the resize preset; "
+        "cifar10: data is 32x32 and refuses another size; arrays and built-in datasets keep "
+        "their own size and ignore it",
+    )
+    preprocess: Literal["resize", "imagenet"] = Field(
+        default="resize",
+        description="preprocessing of image folders: resize (to image_size, normalised with the "
+        "training split's mean/std) or imagenet (resize 256, centre crop 224, ImageNet "
+        "mean/std, for torchvision's pretrained models; image_size is then ignored); other "
+        "sources ignore it (cifar10: refuses imagenet)",
+    )
 
     @field_validator("rank_scale")
     @classmethod

@@ -26,6 +26,9 @@ from service.job_options import DEFAULTS
 from worker.cli_options import add_option_arguments, options_from_args
 from worker.errors import UsageError, WorkerError
 
+#: The job options that say how the data is opened, which ``rankopt train`` takes too.
+DATA_OPTIONS = ("image_size", "preprocess")
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -68,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the initial weights and batches"
     )
     train.add_argument("--split-seed", type=int, default=DEFAULTS.split_seed, help=SPLIT_SEED_HELP)
+    add_option_arguments(train, only=DATA_OPTIONS, title="data options (as compress's)")
     train.add_argument("--device", default="auto")
     train.add_argument(
         "--data-root",
@@ -112,15 +116,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data(args: argparse.Namespace, split_seed: int) -> Any:
-    """The dataset of ``args``, split by ``split_seed`` (the data's seed, never the search's)."""
-    from worker.data import DatasetError, load_dataset
+def _data(args: argparse.Namespace, split_seed: int, image_size: int, preprocess: str) -> Any:
+    """The dataset of ``args`` as streamed :class:`~worker.data.DataSplits` (an image folder is
+    read batch by batch, never decoded whole), split by ``split_seed`` (the data's seed, never
+    the search's); folders are resized to ``image_size`` with ``preprocess``."""
+    from worker.data import DatasetError, open_dataset
 
     if split_seed < 0:
         raise UsageError(f"--split-seed must be >= 0, got {split_seed}")
+    if image_size < 1:
+        raise UsageError(f"--image-size must be >= 1, got {image_size}")
     try:
-        return load_dataset(
-            args.dataset, split_seed=split_seed, allowed_roots=[Path(p) for p in args.data_root]
+        return open_dataset(
+            args.dataset,
+            split_seed=split_seed,
+            allowed_roots=[Path(p) for p in args.data_root],
+            image_size=image_size,
+            preprocess=preprocess,
         )
     except DatasetError as exc:
         raise UsageError(f"dataset: {exc}", code=exc.code) from None
@@ -136,6 +148,15 @@ def _model(arch: str, num_classes: int, in_channels: int) -> Any:
         return get_model(arch, **kwargs), kwargs
     except ZooError as exc:
         raise UsageError(f"arch: {exc}", code=exc.code) from None
+
+
+def _check_input(model: Any, data: Any, arch: str) -> None:
+    """Refuse (code ``input_shape_mismatch``) data whose examples ``model`` cannot take, e.g.
+    an image folder at another ``--image-size`` than the architecture's."""
+    from worker.training import check_model_input
+    from worker.zoo import documented_input
+
+    check_model_input(model, data, expected=documented_input(arch))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -155,9 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
-    data = _data(args, args.split_seed)
+    data = _data(args, args.split_seed, args.image_size, args.preprocess)
     torch.manual_seed(args.seed)  # --seed fixes the initial weights too, not just the batches
     model, _ = _model(args.arch, data.num_classes, data.input_shape[0])
+    _check_input(model, data, args.arch)
     result = train(
         model,
         data,
@@ -210,13 +232,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_split(
         read_record(args.weights), args.dataset, config.split_seed, strict=args.strict_split
     )
-    data = _data(args, config.split_seed)
+    data = _data(args, config.split_seed, config.image_size, config.preprocess)
     num_classes = args.num_classes or data.num_classes
     model, kwargs = _model(args.arch, num_classes, data.input_shape[0])
     try:
         load_weights(model, read_state_dict(args.weights))
     except WeightsError as exc:
         raise UsageError(f"weights: {exc}", code=exc.code) from None
+    _check_input(model, data, args.arch)
     stop = {"requested": False}
 
     def on_sigint(_sig: int, _frame: FrameType | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import types
+from collections.abc import Collection
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -66,14 +67,28 @@ def _scalar(annotation: Any) -> Any:
     return annotation
 
 
-def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one argument per search option to ``parser`` (defaults: the model's)."""
-    group = parser.add_argument_group("search options (defaults as in the REST spec)")
+def add_option_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    only: Collection[str] | None = None,
+    title: str = "search options (defaults as in the REST spec)",
+) -> None:
+    """Add one argument per search option to ``parser`` (defaults: the model's).
+
+    ``only`` names the options to add, which then parse into plain ``args.<name>`` holding the
+    model's default when not given (``rankopt train``'s data options); without it every option
+    is added for :func:`options_from_args`.
+    """
+    group = parser.add_argument_group(title)
     for path, info in _leaves(JobOptions):
+        if only is not None and path not in only:
+            continue
         kind = _scalar(info.annotation)
         default = info.get_default(call_default_factory=True)
         described = info.description or path
         common: dict[str, Any] = {"dest": _PREFIX + path, "default": argparse.SUPPRESS}
+        if only is not None:
+            common = {"dest": path, "default": default}
         if kind is bool:
             action = "store_false" if default else "store_true"
             help_text = f"turn off: {described}" if default else f"{described} (off by default)"

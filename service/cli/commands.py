@@ -17,9 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from service.cli.usage import UsageError
+from service.job_options import JobOptions
 
 if TYPE_CHECKING:
     from service.client import RankoptClient
@@ -214,6 +215,8 @@ def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
         "sampler": args.sampler,
         "seed": args.seed,
         "split_seed": args.split_seed,
+        "image_size": args.image_size,
+        "preprocess": args.preprocess,
     }
     spec.update({k: v for k, v in options.items() if v is not None})
     if args.pareto:
@@ -454,6 +457,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         help="seed of the data split (keep the one the weights were trained with)",
+    )
+    submit.add_argument(
+        "--image-size", type=int, default=None, help="side image folders are resized to"
+    )
+    submit.add_argument(
+        "--preprocess",
+        choices=get_args(JobOptions.model_fields["preprocess"].annotation),
+        default=None,
+        help="image folders' preset",
     )
     submit.add_argument("--num-classes", type=int, default=None)
     submit.add_argument(

@@ -78,6 +78,8 @@ def test_every_option_has_a_cli_flag_that_sets_it() -> None:
         "final_samples": ("2000", 2000),
         "augment": ("crop-flip", "crop-flip"),
         "num_workers": ("2", 2),
+        "image_size": ("28", 28),
+        "preprocess": ("imagenet", "imagenet"),
     }
     args: list[str] = ["--pareto", "--no-seeding"]
     for name, (text, _) in values.items():

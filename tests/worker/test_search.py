@@ -379,7 +379,7 @@ def test_decomposition_cache_hit_on_repeated_plan(
     count = len(calls)
     second = ctx.compress(plan)
     assert len(calls) == count  # every layer came from the cache
-    x = ctx.data.x_val[:16]
+    x = ctx.data.example_input(16)
     with torch.no_grad():
         assert torch.equal(first.eval()(x), second.eval()(x))
     other = plan_from_params(

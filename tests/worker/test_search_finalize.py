@@ -433,7 +433,7 @@ def test_latency_seeds_keep_measured_slow_layers_dense(ctx: SearchContext) -> No
 def test_capture_inputs_and_layer_speedups_cover_every_method(ctx: SearchContext) -> None:
     from worker.search._layer_latency import capture_inputs, layer_speedups
 
-    example = ctx.data.x_val[:4]
+    example = ctx.data.example_input(4)
     names = [s.name for s in ctx.spaces]
     inputs = capture_inputs(ctx.model, names, example, torch.device("cpu"))
     for info in ctx.layers:

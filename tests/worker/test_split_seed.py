@@ -34,17 +34,14 @@ class Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.splits: list[DataSplits] = []
-        self.bundles: list[Any] = []
         self.searches: list[tuple[Any, Any]] = []
-        monkeypatch.setattr(data_module, "load_dataset", self.load_dataset)
+        monkeypatch.setattr(data_module, "open_dataset", self.open_dataset)
         monkeypatch.setattr(search_module, "run_search", self.run_search)
 
-    def load_dataset(self, source: str, **kwargs: Any) -> Any:
-        splits = open_dataset(source, **kwargs)
-        bundle = splits.to_bundle()
+    def open_dataset(self, source: str, **kwargs: Any) -> DataSplits:
+        splits = open_dataset(source, **kwargs)  # the real one, imported before the patch
         self.splits.append(splits)
-        self.bundles.append(bundle)
-        return bundle
+        return splits
 
     def run_search(self, model: Any, data: Any, config: Any, *_: Any, **__: Any) -> None:
         self.searches.append((data, config))
@@ -112,7 +109,7 @@ def test_only_seed_changes_keeps_training_images_out_of_val_and_test(
     assert code == EXIT_INTERRUPTED  # the spy's search stops at once
     trained_on, searched = spy.splits
     data, config = spy.searches[0]
-    assert data is spy.bundles[1]  # the search got the split the data layer carved
+    assert data is spy.splits[1]  # the search got the split the data layer carved
     assert (config.seed, config.split_seed) == (1, 0)
     train_keys = _keys(trained_on.train)
     assert len(train_keys) == len(trained_on.train)  # ids: one key per example
@@ -203,7 +200,8 @@ def test_a_job_splits_by_its_split_seed_and_warns_on_another(
     with caplog.at_level(logging.WARNING, logger="worker.split_record"):
         inputs = load_inputs(settings, job, parse_spec(job.spec))
     assert inputs.data.split_seed == 2
-    assert torch.equal(inputs.data.x_val, open_dataset("digits", split_seed=2).to_bundle().x_val)
+    expected = open_dataset("digits", split_seed=2).to_bundle().x_val
+    assert torch.equal(inputs.data.to_bundle().x_val, expected)
     assert "split_seed 0, not 2" in caplog.text
 
 

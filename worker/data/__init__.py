@@ -23,13 +23,14 @@ from worker.data._builtin import (
     open_builtin,
     open_fashion_mnist,
 )
-from worker.data._bundle import SPLIT_NAMES, DataBundle, DataSplits
+from worker.data._bundle import SPLIT_NAMES, DataBundle, DataSplits, materialize
 from worker.data._cifar import load_cifar10, open_cifar10
 from worker.data._datasets import ArrayDataset, FolderDataset, LabeledDataset, Transform
 from worker.data._errors import (
     DataLimitError,
     DataPathError,
     DatasetError,
+    InputShapeError,
     MissingDatasetPackageError,
     SplitError,
     UnsafePickleError,
@@ -53,6 +54,7 @@ from worker.data._transforms import (
     Augment,
     Preprocess,
     check_augment,
+    check_preprocess,
     imagenet_eval_transform,
     train_transform,
 )
@@ -82,6 +84,7 @@ __all__ = [
     "DatasetError",
     "FolderDataset",
     "ImageDecoder",
+    "InputShapeError",
     "LabeledDataset",
     "MissingDatasetPackageError",
     "Preprocess",
@@ -90,6 +93,7 @@ __all__ = [
     "Transform",
     "UnsafePickleError",
     "check_augment",
+    "check_preprocess",
     "imagenet_eval_transform",
     "list_builtin_datasets",
     "load_arrays",
@@ -101,6 +105,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "load_mnist5k",
+    "materialize",
     "open_arrays",
     "open_builtin",
     "open_cifar10",

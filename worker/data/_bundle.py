@@ -10,7 +10,7 @@ import torch
 from worker.data._datasets import ArrayDataset, LabeledDataset
 from worker.data._errors import DatasetError
 
-__all__ = ["SPLIT_NAMES", "DataBundle", "DataSplits", "array_splits"]
+__all__ = ["SPLIT_NAMES", "DataBundle", "DataSplits", "array_splits", "materialize"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -85,13 +85,18 @@ class DataSplits:
         )
 
 
+def materialize(dataset: LabeledDataset) -> ArrayDataset:
+    """``dataset`` held in memory, without its transform: an :class:`ArrayDataset` as it is
+    (no copy), anything else decoded once (for small subsets read many times over)."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset.with_transform(None)
+    x = torch.stack([dataset.image(i) for i in range(len(dataset))])
+    return ArrayDataset(x, dataset.targets)
+
+
 def _tensors(dataset: LabeledDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """All of ``dataset`` as float32 ``(N, C, H, W)`` and int64 ``(N,)`` (no transform)."""
-    if isinstance(dataset, ArrayDataset):
-        x, y = dataset.tensors()
-    else:
-        x = torch.stack([dataset.image(i) for i in range(len(dataset))])
-        y = dataset.targets
+    x, y = materialize(dataset).tensors()
     return x.contiguous(), y.contiguous()
 
 

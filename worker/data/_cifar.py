@@ -33,12 +33,13 @@ from worker.data._paths import resolve_data_path
 from worker.data._safe_pickle import restricted_load
 from worker.data._split import cap_index, check_split_args, resolve_split_seed, stratified_split
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10", "open_cifar10"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_SIDE", "CIFAR10_STD", "load_cifar10", "open_cifar10"]
 
 logger = logging.getLogger(__name__)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_SIDE = 32
 _BASE_FOLDER = "cifar-10-batches-py"
 _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = "test_batch"
@@ -91,7 +92,7 @@ def open_cifar10(
         base = resolve_data_path(base / _BASE_FOLDER, allowed_roots)
     if not base.is_dir():
         raise DatasetError(f"CIFAR-10 path {str(path)!r} is not a directory")
-    limits.check_image_side("CIFAR-10", 32, 32)
+    limits.check_image_side("CIFAR-10", CIFAR10_SIDE, CIFAR10_SIDE)
     parts = [_read_batch(base, name, allowed_roots, limits) for name in _TRAIN_BATCHES]
     x_all = np.concatenate([p[0] for p in parts])
     y_all = np.concatenate([p[1] for p in parts])

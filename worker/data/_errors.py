@@ -14,6 +14,7 @@ __all__ = [
     "DataLimitError",
     "DataPathError",
     "DatasetError",
+    "InputShapeError",
     "MissingDatasetPackageError",
     "SplitError",
     "UnsafePickleError",
@@ -43,6 +44,13 @@ class UnsafePickleError(DatasetError):
     """A pickle asked for a global outside the small set needed to rebuild numpy arrays."""
 
     code = "unsafe_pickle"
+
+
+class InputShapeError(DatasetError):
+    """The data's examples are not the shape the model takes (an image folder resized to
+    another ``image_size`` than the model's side, say)."""
+
+    code = "input_shape_mismatch"
 
 
 class SplitError(DatasetError):

@@ -15,11 +15,18 @@ Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.ppm``, 
 asks for them, so memory does not grow with the number of images. Classes are the sub-folder
 names of ``train/`` (or of the root) in sorted order, as ``ImageFolder`` numbers them.
 
-Preprocessing (``preprocess``, see :mod:`worker.data._transforms`): ``"resize"`` converts to RGB,
-resizes to ``image_size`` x ``image_size`` (bilinear), scales to [0, 1] and normalises per
-channel with the given ``mean``/``std`` or the statistics of the training split (measured on at
-most :data:`STATS_SAMPLES` training images, a seeded subset beyond that); ``"imagenet"`` is the
-preset of torchvision's pretrained models (resize 256, centre crop 224, ImageNet mean/std).
+Preprocessing (``preprocess``, see :mod:`worker.data._transforms`): ``"resize"`` converts to RGB
+(or to grayscale, see below), resizes to ``image_size`` x ``image_size`` (bilinear), scales to
+[0, 1] and normalises per channel with the given ``mean``/``std`` or the statistics of the
+training split (measured on at most :data:`STATS_SAMPLES` training images, a seeded subset
+beyond that); ``"imagenet"`` is the preset of torchvision's pretrained models (resize 256,
+centre crop 224, ImageNet mean/std), always RGB.
+
+Channels (``"resize"``): a folder whose sampled training images (the same seeded subset as the
+statistics) are all grayscale (PIL modes ``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``) gives
+one-channel ``(1, H, W)`` examples, so 28x28 grayscale PNGs feed a 1x28x28 model such as
+LeNet-5; any colour image in the sample makes the folder RGB, every grayscale image then
+repeated over three channels. Given ``mean``/``std`` fix the channels by their length (1 or 3).
 
 Limits: the number of image files (``max_examples``), the bytes of each file
 (``max_file_bytes``, checked when listing) and its pixels (``max_source_pixels``, checked from
@@ -33,7 +40,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +65,7 @@ from worker.data._transforms import (
     IMAGENET_MEAN,
     IMAGENET_RESIZE,
     IMAGENET_STD,
+    check_image_size,
     check_preprocess,
 )
 
@@ -71,13 +80,16 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 )
 STATS_SAMPLES = 2_000
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 FOLDER_VAL_FRACTION = 0.2
 FOLDER_TEST_FRACTION = 0.2
 _SPLIT_DIRS = ("train", "val", "test")
 
 
 class ImageDecoder:
-    """Path -> normalised float32 ``(3, H, W)``: one image read, checked and preprocessed.
+    """Path -> normalised float32 ``(C, H, W)``: one image read, checked and preprocessed.
+
+    ``C`` is ``channels``: 3 (RGB) or 1 (grayscale); ``mean`` and ``std`` have one value each.
 
     A plain picklable object, so ``DataLoader`` workers can decode too.
     """
@@ -90,9 +102,11 @@ class ImageDecoder:
         mean: Sequence[float],
         std: Sequence[float],
         limits: DataLimits,
+        channels: int = 3,
     ) -> None:
         self.image_size = image_size
         self.preprocess = preprocess
+        self.channels = channels
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.limits = limits
@@ -100,36 +114,47 @@ class ImageDecoder:
     @property
     def shape(self) -> tuple[int, int, int]:
         side = IMAGENET_CROP if self.preprocess == "imagenet" else self.image_size
-        return 3, side, side
+        return self.channels, side, side
 
     def pixels(self, file: Path) -> torch.Tensor:
-        """The image as ``(3, H, W)`` float32 in [0, 1], resized/cropped, not normalised."""
-        from PIL import Image, UnidentifiedImageError
+        """The image as ``(C, H, W)`` float32 in [0, 1], resized/cropped, not normalised."""
+        from PIL import Image
 
-        try:
-            with Image.open(file) as img:
-                width, height = img.size  # from the header; nothing decoded yet
-                if width * height > self.limits.max_source_pixels:
-                    raise DataLimitError(
-                        f"image {file.name!r} is {width}x{height} pixels; the limit is "
-                        f"{self.limits.max_source_pixels} pixels (max_source_pixels)"
-                    )
-                rgb = img.convert("RGB")
+        with _open_image(file, self.limits) as img:
+            try:
+                rgb = img.convert("L" if self.channels == 1 else "RGB")
                 if self.preprocess == "imagenet":
                     rgb = _resize_shorter(rgb, IMAGENET_RESIZE)
                     rgb = _centre_crop(rgb, IMAGENET_CROP)
                 else:
                     size = (self.image_size, self.image_size)
                     rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-                array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
-        except DatasetError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DatasetError(f"image {file.name!r} cannot be read: {exc}") from exc
+                array = np.atleast_3d(np.asarray(rgb, dtype=np.uint8))  # (H, W, C)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise DatasetError(f"image {file.name!r} cannot be read: {exc}") from exc
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
     def __call__(self, file: Path) -> torch.Tensor:
         return (self.pixels(file) - self.mean) / self.std
+
+
+@contextmanager
+def _open_image(file: Path, limits: DataLimits) -> Iterator[PILImage]:
+    """``file`` opened (its header read, nothing decoded yet) and its pixel count checked."""
+    from PIL import Image
+
+    try:
+        img = Image.open(file)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"image {file.name!r} cannot be read: {exc}") from exc
+    with img:
+        width, height = img.size
+        if width * height > limits.max_source_pixels:
+            raise DataLimitError(
+                f"image {file.name!r} is {width}x{height} pixels; the limit is "
+                f"{limits.max_source_pixels} pixels (max_source_pixels)"
+            )
+        yield img
 
 
 def _resize_shorter(img: PILImage, side: int) -> PILImage:
@@ -175,8 +200,7 @@ def open_image_folder(
         seed=split_seed, val_fraction=val, max_train=max_train, test_fraction=test_fraction
     )
     check_preprocess(preprocess)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DatasetError(f"image_size must be a positive integer, got {image_size!r}")
+    check_image_size(image_size)
     limits.check_image_side("the requested", image_size, image_size)
     if (mean is None) != (std is None):
         raise DatasetError("give both mean and std, or neither")
@@ -202,7 +226,12 @@ def open_image_folder(
     else:
         mu, sigma = _given_stats(mean, std)
     decoder = ImageDecoder(
-        image_size=image_size, preprocess=preprocess, mean=mu, std=sigma, limits=limits
+        image_size=image_size,
+        preprocess=preprocess,
+        mean=mu,
+        std=sigma,
+        limits=limits,
+        channels=len(mu),
     )
 
     def dataset(split: str) -> FolderDataset:
@@ -383,17 +412,24 @@ class _Lister:
 def _train_stats(
     files: list[Path], image_size: int, limits: DataLimits, seed: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of (a seeded subset of) the training images, streamed."""
-    decoder = ImageDecoder(
-        image_size=image_size, preprocess="resize", mean=(0, 0, 0), std=(1, 1, 1), limits=limits
-    )
+    """Per-channel mean and std of (a seeded subset of) the training images, streamed: one
+    value each when every image of the subset is grayscale, else three (R, G, B)."""
     picked = cap_index(len(files), max_train=STATS_SAMPLES, seed=seed)
     chosen = files if picked is None else [files[i] for i in picked]
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
+    channels = 1 if all(_is_gray(file, limits) for file in chosen) else 3
+    decoder = ImageDecoder(
+        image_size=image_size,
+        preprocess="resize",
+        mean=(0.0,) * channels,
+        std=(1.0,) * channels,
+        limits=limits,
+        channels=channels,
+    )
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
     count = 0
     for file in chosen:
-        pixels = decoder.pixels(file).double().flatten(1)  # (3, H*W)
+        pixels = decoder.pixels(file).double().flatten(1)  # (C, H*W)
         total += pixels.sum(dim=1)
         squares += (pixels * pixels).sum(dim=1)
         count += pixels.shape[1]
@@ -403,13 +439,20 @@ def _train_stats(
     return tuple(float(v) for v in mean.float()), tuple(float(v) for v in std.float())
 
 
+def _is_gray(file: Path, limits: DataLimits) -> bool:
+    """Whether ``file`` is a grayscale image (from its header)."""
+    with _open_image(file, limits) as img:
+        return img.mode in _GRAY_MODES
+
+
 def _given_stats(
     mean: Sequence[float], std: Sequence[float]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mu = np.asarray(mean, dtype=np.float32).reshape(-1)
     sigma = np.asarray(std, dtype=np.float32).reshape(-1)
-    if mu.shape != (3,) or sigma.shape != (3,) or not (sigma > 0).all():
+    if mu.shape != sigma.shape or mu.shape not in ((1,), (3,)) or not (sigma > 0).all():
         raise DatasetError(
-            f"mean and std must be 3 values (R, G, B) with std > 0, got {list(mean)}, {list(std)}"
+            "mean and std must be 3 values (R, G, B), or 1 for grayscale, with std > 0, got "
+            f"{list(mean)}, {list(std)}"
         )
     return tuple(float(v) for v in mu), tuple(float(v) for v in sigma)

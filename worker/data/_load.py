@@ -8,11 +8,12 @@ from pathlib import Path
 from worker.data._arrays import open_arrays
 from worker.data._builtin import BUILTIN_TEST_FRACTION, list_builtin_datasets, open_builtin
 from worker.data._bundle import DataBundle, DataSplits
-from worker.data._cifar import open_cifar10
+from worker.data._cifar import CIFAR10_SIDE, open_cifar10
 from worker.data._errors import DatasetError
 from worker.data._folders import open_image_folder
 from worker.data._limits import DEFAULT_LIMITS, DataLimits
 from worker.data._split import resolve_split_seed
+from worker.data._transforms import check_image_size, check_preprocess
 
 __all__ = ["SOURCE_FORMS", "load_dataset", "open_dataset"]
 
@@ -49,7 +50,12 @@ def open_dataset(
     * ``"folder:<path>"``: an ImageFolder tree (flat, or with ``train/``, ``val/``, ``test/``
       sub-trees), decoded lazily with ``preprocess`` (``"resize"`` to ``image_size``, or
       ``"imagenet"``);
-    * ``"cifar10:<path>"``: CIFAR-10 batches, ``test_batch`` as the test split.
+    * ``"cifar10:<path>"``: CIFAR-10 batches, ``test_batch`` as the test split; its images are
+      32x32, so ``image_size`` must be 32 and ``preprocess`` ``"resize"`` (anything else is
+      refused rather than silently ignored).
+
+    Built-in datasets and arrays keep their own shape: ``image_size`` and ``preprocess`` are
+    checked but ignored.
 
     Every carve-out (validation, test, the ``max_train`` cap) is seeded by ``split_seed``, which
     belongs to the data: keep it when the search seed changes, so a model's training images
@@ -65,6 +71,8 @@ def open_dataset(
     """
     if not isinstance(source, str) or not source.strip():
         raise DatasetError(f"dataset source must be a non-empty string, got {source!r}")
+    check_preprocess(preprocess)
+    check_image_size(image_size)
     if source in list_builtin_datasets():
         return open_builtin(
             source,
@@ -87,6 +95,12 @@ def open_dataset(
             preprocess=preprocess,
         )
     if sep and kind == "cifar10":
+        if image_size != CIFAR10_SIDE or preprocess != "resize":
+            raise DatasetError(
+                f"cifar10: images are {CIFAR10_SIDE}x{CIFAR10_SIDE} and are not resized: "
+                f"image_size must be {CIFAR10_SIDE} and preprocess 'resize', got image_size="
+                f"{image_size} and preprocess={preprocess!r}"
+            )
         return open_cifar10(
             _nonempty(rest, kind),
             allowed_roots=allowed_roots,

@@ -38,6 +38,7 @@ __all__ = [
     "Augment",
     "Preprocess",
     "check_augment",
+    "check_image_size",
     "check_preprocess",
     "imagenet_eval_transform",
     "train_transform",
@@ -67,6 +68,12 @@ def check_preprocess(preprocess: str) -> None:
         raise DatasetError(
             f"preprocess must be one of {', '.join(PREPROCESS_PRESETS)}; got {preprocess!r}"
         )
+
+
+def check_image_size(image_size: int) -> None:
+    """Raise :class:`DatasetError` unless ``image_size`` is a positive int."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DatasetError(f"image_size must be a positive integer, got {image_size!r}")
 
 
 def train_transform(augment: str, shape: Sequence[int]) -> Transform | None:

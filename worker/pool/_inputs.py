@@ -21,13 +21,14 @@ from service.artifacts import PathEscapeError, confined
 from service.settings import Settings
 from service.spec import JobSpec
 from service.store import JobRecord
-from worker.data import DataBundle, DataLimits, DatasetError, load_dataset
+from worker.data import DataLimits, DatasetError, DataSplits, open_dataset
 from worker.errors import InvalidOptions
 from worker.pool._refusal import BadInput, refused
 from worker.search import SearchConfig, search_config
 from worker.split_record import check_split, read_record
+from worker.training import check_model_input
 from worker.weights import WeightsError, load_weights, read_state_dict
-from worker.zoo import ZooError, get_model
+from worker.zoo import ZooError, documented_input, get_model
 
 __all__ = [
     "BadInput",
@@ -47,7 +48,7 @@ class JobInputs:
     """What a job's spec and uploads turn into."""
 
     model: nn.Module
-    data: DataBundle
+    data: DataSplits  # streamed: an image folder is read batch by batch, never decoded whole
     arch: dict[str, Any]  # {"arch": name, "kwargs": {...}}, as checkpoints record it
 
 
@@ -111,11 +112,13 @@ def data_limits(settings: Settings) -> DataLimits:
 
 
 def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
-    """Load the job's data, build its model and load its weights.
+    """Open the job's data (streamed, resized to the spec's ``image_size`` with its
+    ``preprocess``), build its model and load its weights.
 
     Raises:
         BadInput: unreadable or unsafe weights, weights that do not fit ``arch``, unknown or
-            disallowed ``arch``, unusable data, or files outside their folders.
+            disallowed ``arch``, unusable data or data the model does not take (code
+            ``input_shape_mismatch``), or files outside their folders.
     """
     if spec.needs_dataset_upload:
         if not job.dataset_path:
@@ -124,11 +127,13 @@ def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
     else:
         source = spec.dataset
     try:
-        data = load_dataset(
+        data = open_dataset(
             source,
             split_seed=spec.split_seed,  # the data's seed, never the search's ``seed``
             allowed_roots=settings.allowed_data_roots,
             limits=data_limits(settings),
+            image_size=spec.image_size,
+            preprocess=spec.preprocess,
         )
     except DatasetError as exc:
         raise refused(exc, "dataset") from None
@@ -149,4 +154,8 @@ def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
         # The path is the server's; the user knows the file as "the weights".
         detail = str(exc).replace(str(weights), "the weights file")
         raise BadInput(f"weights ({spec.arch}): {detail}", code=exc.code) from None
+    try:
+        check_model_input(model, data, expected=documented_input(spec.arch))
+    except DatasetError as exc:
+        raise refused(exc, "dataset") from None
     return JobInputs(model=model.eval(), data=data, arch={"arch": spec.arch, "kwargs": kwargs})

@@ -129,7 +129,7 @@ def choose(
             )
             # finetune's last evaluation is of the weights it leaves: no second pass needed.
             status = fit.status
-            result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
+            result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.val))
         else:
             model = ctx.compress(plan)
             status, result = (

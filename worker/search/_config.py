@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from service.job_options import DEFAULTS, JobOptions, ScheduleOptions
+from worker.data import PREPROCESS_PRESETS
 from worker.errors import InvalidOptions
 from worker.training import ScheduleConfig
 
@@ -115,7 +116,9 @@ class SearchConfig:
     the report use the whole validation split; the final fine-tunes train on the whole
     training split, or ``final_samples`` of it per epoch. ``augment`` is the train-time
     augmentation (:data:`worker.data.AUGMENTATIONS`); ``num_workers`` the ``DataLoader``
-    worker processes. The test split is never read by the search: only the report evaluates
+    worker processes. ``image_size`` and ``preprocess`` say how the caller opened the data
+    (:func:`worker.data.open_dataset`); the search records them but reads the splits it is
+    given. The test split is never read by the search: only the report evaluates
     the original and the chosen model on it. ``accel`` turns the GPU switches of
     :mod:`worker.training._accel` on or off (None: on when the device is CUDA).
 
@@ -183,6 +186,8 @@ class SearchConfig:
     final_samples: int | None = DEFAULTS.final_samples
     augment: str = DEFAULTS.augment
     num_workers: int = DEFAULTS.num_workers
+    image_size: int = DEFAULTS.image_size  # the data's, like split_seed: recorded, not used
+    preprocess: str = DEFAULTS.preprocess  # the data's: recorded, not used
     accel: bool | None = None
 
     def __post_init__(self) -> None:
@@ -257,6 +262,13 @@ class SearchConfig:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}; got {self.augment!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if isinstance(self.image_size, bool) or self.image_size < 1:
+            raise ValueError(f"image_size must be an int >= 1, got {self.image_size!r}")
+        if self.preprocess not in PREPROCESS_PRESETS:
+            raise ValueError(
+                f"preprocess must be one of {', '.join(PREPROCESS_PRESETS)}; "
+                f"got {self.preprocess!r}"
+            )
         if self.push_factor is not None and not 0 < self.push_factor < 1:
             raise ValueError(f"push_factor must be in (0, 1) or None, got {self.push_factor}")
         if not self.lr_scales or any(

@@ -26,6 +26,7 @@ from worker.training import (
     FinetuneResult,
     LcSchedule,
     LoaderOptions,
+    check_model_input,
     eval_indices,
     evaluate,
     finetune,
@@ -47,7 +48,7 @@ class SearchContext:
     """The original model and everything derived from it once, before the first trial."""
 
     model: nn.Module
-    data: DataBundle
+    data: DataSplits  # train and val read through datasets: an image folder stays on disk
     config: SearchConfig
     device: torch.device
     example: torch.Tensor
@@ -90,7 +91,7 @@ class SearchContext:
 
     def val_indices(self) -> torch.Tensor:
         """The fixed seeded validation subset of the search's evaluations (``val_samples``)."""
-        n_val = len(self.data.y_val)
+        n_val = len(self.data.val)
         return eval_indices(n_val, val_budget(self.config, n_val), seed=self.config.seed)
 
     def search_splits(self, *, final: bool = False) -> DataSplits:
@@ -115,7 +116,7 @@ class SearchContext:
         """Training examples per epoch: ``trial_samples`` (default: the split up to
         :data:`DEFAULT_TRIAL_SAMPLES`) for trials, ``final_samples`` for final fine-tunes;
         clamped to the split (a larger budget is logged once per fine-tune)."""
-        n_train = len(self.data.y_train)
+        n_train = len(self.data.train)
         if final:
             return self.config.final_samples
         budget = self.config.trial_samples
@@ -265,7 +266,7 @@ class SearchContext:
                 final=final,
             )
 
-        n_train = int(self.data.y_train.shape[0])
+        n_train = len(self.data.train)
         schedule = LcSchedule(
             mu0=config.lc_mu0,
             mu_factor=config.lc_mu_factor,
@@ -400,20 +401,28 @@ def _spaces_of(summary: Mapping[str, Any]) -> list[LayerSpace]:
 
 def prepare(
     model: nn.Module,
-    data: DataBundle,
+    data: DataSplits | DataBundle,
     config: SearchConfig,
     *,
     prepared: Mapping[str, Any] | None = None,
 ) -> SearchContext:
     """Evaluate the original model, take its inventory and estimate EVBMF ranks per layer.
 
+    ``data`` is read through its datasets (a :class:`DataBundle` is taken as its
+    :meth:`~DataBundle.splits`): an image folder is decoded batch by batch, never held whole,
+    and the teacher's logits are tabulated only for an in-memory training split (a folder's
+    teacher runs on each batch). The test split is not read.
+
     With ``prepared`` (a :func:`prepared_summary` read from the study another process
     prepared) the baseline evaluation and the EVBMF estimates are taken from it, not measured
     again: a worker joining a search starts sooner and searches the very same space.
     """
     started = time.perf_counter()
+    if isinstance(data, DataBundle):
+        data = data.splits()
     device = resolve_device(config.device)
     model = model.to("cpu").eval()
+    check_model_input(model, data)
     example = data.example_input(1)
     loader = LoaderOptions(num_workers=config.num_workers)
     if prepared is None:
@@ -422,7 +431,7 @@ def prepare(
     else:
         accuracy = float(prepared["baseline_accuracy"])
         loss = float(prepared["baseline_loss"])
-    budget = val_budget(config, len(data.y_val))
+    budget = val_budget(config, len(data.val))
     search_accuracy = accuracy
     if budget is not None:  # the original on the search's validation subset
         search_accuracy = evaluate(
@@ -440,8 +449,11 @@ def prepare(
     table = None
     teacher = None
     if config.distill_weight > 0:
-        n_train = len(data.y_train)
-        if use_teacher_table(n_train, data.num_classes, augment=config.augment, in_memory=True):
+        n_train = len(data.train)
+        in_memory = data.train.in_memory  # a folder: no table, the teacher runs per batch
+        if use_teacher_table(
+            n_train, data.num_classes, augment=config.augment, in_memory=in_memory
+        ):
             table = predict_logits(model, data.train, device=device, loader=loader)
         else:  # a copy: finetune moves the teacher to the device in place
             teacher = copy.deepcopy(model).eval()
@@ -479,8 +491,9 @@ def val_budget(config: SearchConfig, n_val: int) -> int | None:
     return None if budget is None or budget >= n_val else budget
 
 
-def batch_of(data: DataBundle, batch: int) -> torch.Tensor:
-    """``batch`` validation images for timing (the split repeated when it holds fewer)."""
-    x = data.x_val
+def batch_of(data: DataSplits | DataBundle, batch: int) -> torch.Tensor:
+    """``batch`` validation images for timing (the split repeated when it holds fewer); only
+    the first ``batch`` are decoded."""
+    x = data.example_input(batch)
     copies = -(-batch // max(int(x.shape[0]), 1))
     return x.repeat(copies, *([1] * (x.dim() - 1)))[:batch].clone()

@@ -199,8 +199,8 @@ def finalize(
         ),
         data=DataSummary(
             name=ctx.data.name,
-            train=len(ctx.data.y_train),
-            val=len(ctx.data.y_val),
+            train=len(ctx.data.train),
+            val=len(ctx.data.val),
             split_seed=ctx.data.split_seed,
         ),
         arch=arch,

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from torch import nn
 
-from worker.data import DataBundle
+from worker.data import DataBundle, DataSplits
 from worker.search._candidates import best_feasible
 from worker.search._config import SearchConfig
 from worker.search._context import SearchContext, prepare
@@ -85,7 +85,7 @@ def run_trials(
 
 def run_search(
     model: nn.Module,
-    data: DataBundle,
+    data: DataSplits | DataBundle,
     config: SearchConfig,
     out_dir: str | Path,
     *,
@@ -95,8 +95,9 @@ def run_search(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SearchResult | None:
-    """Search, then finalise into ``out_dir``. Returns None when stopped before the budget ends
-    (run again with the same storage and study name to resume)."""
+    """Search ``data`` (read through its datasets, see :func:`prepare`), then finalise into
+    ``out_dir``. Returns None when stopped before the budget ends (run again with the same
+    storage and study name to resume)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = prepare(model, data, config)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tensorops import KEEP, Choice, LayerInfo, Plan, compress, get_method
-from worker.data import DataBundle
+from worker.data import DataBundle, DataSplits, materialize
 from worker.search._config import SearchConfig, drop_points
 from worker.search._space import LayerSpace, default_method, output_layer, small_layers
 from worker.training import eval_indices, evaluate
@@ -45,7 +45,7 @@ def scale_grid(config: SearchConfig) -> list[float]:
 
 def layer_sensitivity(
     model: nn.Module,
-    data: DataBundle,
+    data: DataSplits | DataBundle,
     spaces: list[LayerSpace],
     layers: list[LayerInfo],
     config: SearchConfig,
@@ -58,14 +58,16 @@ def layer_sensitivity(
     Scales are tried from the largest down and a layer's scan stops once its drop passes the
     largest seed budget (smaller ranks only do worse), or :data:`SCAN_STOP_POINTS` when
     ``config.ratio_targets`` asks for ratio seeds. Layers kept dense in every seed (the
-    output layer, and those under ``seed_min_share`` of the cost) are skipped.
+    output layer, and those under ``seed_min_share`` of the cost) are skipped. The validation
+    subset (at most ``sensitivity_samples`` examples) is decoded once and held in memory for
+    the scan, whatever the size of the split.
     """
     started = time.perf_counter()
-    n_val = int(data.y_val.shape[0])
+    n_val = len(data.val)
     n = min(n_val, config.sensitivity_samples, config.val_samples or n_val)
     # The search's fixed seeded validation subset (the whole split when it is smaller).
     idx = eval_indices(n_val, n if n < n_val else None, seed=config.seed)
-    subset = (data.x_val[idx], data.y_val[idx])
+    subset = materialize(data.val.select(idx.numpy()))
     base = evaluate(model, subset, device=device).accuracy
     model.to("cpu")
     limit = max(config.sensitivity_budgets)

@@ -103,7 +103,7 @@ def spend_margin(
         model, fit = ctx.fit(
             candidate, mode=verify_mode(config), epochs=epochs, seed=seed, final=True
         )
-        result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.y_val))
+        result = EvalResult(fit.final_val_accuracy, fit.final_val_loss, len(ctx.data.val))
         step_drop = drop_points(ctx.baseline_accuracy, result.accuracy)
         met = fit.status != "diverged" and step_drop <= tolerance
         latency = ctx.latency(model) if met and config.max_latency_ratio is not None else None

@@ -7,6 +7,7 @@ from worker.training._batches import LoaderOptions, as_dataset, budget_indices
 from worker.training._device import resolve_device
 from worker.training._distill import TABLE_MAX_BYTES, use_teacher_table
 from worker.training._evaluate import EvalResult, eval_indices, evaluate, predict_logits
+from worker.training._input_check import check_model_input
 from worker.training._lc import LcResult, LcSchedule, lc_finetune
 from worker.training._loop import OPTIMIZERS, OptimizerName, finetune
 from worker.training._results import EpochCallback, EpochReport, FinetuneResult, FinetuneStatus
@@ -36,6 +37,7 @@ __all__ = [
     "as_dataset",
     "autocast_dtype",
     "budget_indices",
+    "check_model_input",
     "eval_indices",
     "evaluate",
     "finetune",

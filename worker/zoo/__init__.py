@@ -13,7 +13,13 @@ from __future__ import annotations
 from worker.zoo import _cifar, _digits, _mnist, _tabular  # noqa: F401  (fill the registry)
 from worker.zoo._errors import ModelNotAllowedError, ModelSpecError, UnknownModelError, ZooError
 from worker.zoo._factories import ALLOW_LIST_SETTING, resolve_factory
-from worker.zoo._registry import get_model, input_shape, list_models, register_model
+from worker.zoo._registry import (
+    documented_input,
+    get_model,
+    input_shape,
+    list_models,
+    register_model,
+)
 from worker.zoo._spec import build_from_spec
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "UnknownModelError",
     "ZooError",
     "build_from_spec",
+    "documented_input",
     "get_model",
     "input_shape",
     "list_models",

@@ -93,6 +93,15 @@ def input_shape(name: str) -> tuple[int, ...]:
     raise _unknown(name)
 
 
+def documented_input(name: str) -> tuple[int, ...] | None:
+    """:func:`input_shape` of a zoo architecture; ``None`` for any other name (an operator
+    factory documents nothing)."""
+    try:
+        return input_shape(name)
+    except UnknownModelError:
+        return None
+
+
 def get_model(name: str, /, *, allowed_factories: Collection[str] = (), **kwargs: Any) -> nn.Module:
     """Build the untrained architecture ``name`` with ``kwargs``.
 
