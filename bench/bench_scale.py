@@ -156,18 +156,29 @@ def compress(out: Path, name: str, weights: Path, dataset: str, extra: list[str]
     }
     report_file = run_dir / "report.json"
     if status == 0 and report_file.exists():
-        report = json.loads(report_file.read_text())
-        final, base = report["final"], report["baseline"]
-        row.update(
-            params_ratio=report["ratios"]["params"],
-            baseline_val=base.get("val_accuracy"),
-            baseline_test=base.get("test_accuracy"),
-            val_drop=final.get("val_accuracy_drop", final["accuracy_drop"]),
-            test_drop=final.get("test_accuracy_drop"),
-            n_train=report["data"].get("train"),
-            trials=len(report["trials"]),
-        )
+        row.update(figures(json.loads(report_file.read_text()), wall))
     return row
+
+
+def figures(report: dict[str, Any], wall: float) -> dict[str, Any]:
+    """What a run's ``report.json`` says: sizes, drops, and where the time went (the trials
+    run one after another in the one process, so the rest is prepare and finalise)."""
+    final, base = report["final"], report["baseline"]
+    trials_s = sum(t.get("duration_s") or 0.0 for t in report["trials"])
+    calibration_s = float((report.get("lr_calibration") or {}).get("seconds") or 0.0)
+    return {
+        "params_ratio": report["ratios"]["params"],
+        "baseline_val": base.get("val_accuracy"),
+        "baseline_test": base.get("test_accuracy"),
+        "val_drop": final.get("val_accuracy_drop", final["accuracy_drop"]),
+        "test_drop": final.get("test_accuracy_drop"),
+        "n_train": report["data"].get("train"),
+        "trials": len(report["trials"]),
+        "trials_s": round(trials_s, 1),
+        "calibration_s": round(calibration_s, 1),
+        "rest_s": round(wall - trials_s - calibration_s, 1),
+        "final_fine_tunes": len(report["verification"]) + len(report["spend"].get("steps", [])),
+    }
 
 
 def plan(args: argparse.Namespace, out: Path, weights: Path) -> list[tuple[str, str, list[str]]]:
@@ -190,12 +201,18 @@ def plan(args: argparse.Namespace, out: Path, weights: Path) -> list[tuple[str, 
 
 def report(results: Path) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    for r in rows:  # rows written before the time split was recorded
+        file = results.parent / r["name"] / "report.json"
+        if "trials_s" not in r and r["status"] == 0 and file.exists():
+            r.update(figures(json.loads(file.read_text()), r["wall_s"]))
     table = [
         [
             r["name"],
             r.get("n_train", "-"),
             r.get("trials", "-"),
             f"{r['wall_s'] / 60:.1f}",
+            " / ".join(f"{r.get(k, 0) / 60:.1f}" for k in ("calibration_s", "trials_s", "rest_s")),
+            r.get("final_fine_tunes", "-"),
             f"{r['peak_rss_mib']:.0f}",
             f"{r['params_ratio']:.2f}x" if "params_ratio" in r else f"exit {r['status']}",
             r.get("val_drop", "-") if r.get("val_drop") is None else f"{r['val_drop']:.2f}",
@@ -204,7 +221,8 @@ def report(results: Path) -> None:
         ]
         for r in rows
     ]
-    headers = ["run", "train", "trials", "minutes", "peak RSS MiB", "params ratio"]
+    headers = ["run", "train", "trials", "minutes", "calibration / trials / rest"]
+    headers += ["final fine-tunes", "peak RSS MiB", "params ratio"]
     headers += ["val drop", "test drop", "load before/after"]
     print(markdown_table(headers, table))
 
