@@ -20,6 +20,9 @@ images carved out of the official 60,000, the official 10,000 as test).
 * ``sizes``: wall time and peak RSS of the default search (40 trials, every default) with
   the first 5,000, 20,000 and all 55,000 images of a seeded permutation of the training split
   (an ``.npz`` with the built-in's preprocessing; validation and test as the built-in's).
+* ``capped``: the default search on all 55,000 with ``--final-samples`` at the smallest size
+  (5,000 examples per epoch of each final fine-tune), the one option that bounds the final
+  phase (by default it reads the whole training split every epoch).
 * ``seeds``: the default search on all 55,000 with search seeds ``--seeds`` (seed 0 is the
   55,000 run of ``sizes``): validation drop (what the search chose on) beside test drop (data
   the search never read), at the default 1-point tolerance.
@@ -193,6 +196,9 @@ def plan(args: argparse.Namespace, out: Path, weights: Path) -> list[tuple[str, 
     if "sizes" in args.runs:
         for n in args.sizes:
             runs.append((f"size-{n}", str(subset_npz(out, n)), ["--seed", "0"]))
+    if "capped" in args.runs:  # the final fine-tunes capped at the smallest size's split
+        capped = ["--seed", "0", "--final-samples", str(min(args.sizes))]
+        runs.append((f"capped-{max(args.sizes)}", str(subset_npz(out, max(args.sizes))), capped))
     if "seeds" in args.runs:
         full = str(subset_npz(out, max(args.sizes)))
         runs.extend((f"seed-{s}", full, ["--seed", str(s)]) for s in args.seeds)
@@ -229,7 +235,7 @@ def report(results: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", default=["memory", "sizes", "seeds"])
+    parser.add_argument("--runs", nargs="+", default=["memory", "sizes", "capped", "seeds"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[5000, 20000, 55000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--short-trials", type=int, default=3)
