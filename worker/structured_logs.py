@@ -33,10 +33,11 @@ def log_event(
     *,
     worker: str | None = None,
     job: str | None = None,
-    exc_info: bool = False,
+    exc_info: bool | BaseException = False,
     **fields: Any,
 ) -> None:
-    """Log ``message`` as the structured event ``event`` with ``fields``."""
+    """Log ``message`` as the structured event ``event`` with ``fields`` (``exc_info``: True for
+    the exception being handled, or the exception itself)."""
     logger.log(
         level,
         message,

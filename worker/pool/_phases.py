@@ -162,13 +162,22 @@ def _fail(worker: WorkerHost, job: JobRecord, exc: BadInput) -> None:
 
 
 def _release(worker: WorkerHost, job: JobRecord, phase: str, exc: BaseException) -> None:
+    """Record the phase's error and hand the phase back; when the lease had already gone to
+    another worker, the error is a consequence (its takeover may clean this worker's staging
+    folder away), not the phase's fault: it is logged as a lost lease and counts nothing."""
     message = f"{phase} failed on worker {worker.worker_id}: {type(exc).__name__}: {exc}"
-    worker.log(logging.ERROR, f"{phase}_error", message, job.id, exc_info=True)
     worker.cache.evict(job.id)
     try:
         worker.store.release_lease(job.id, worker.worker_id, message)
     except LeaseLost as lost:
-        worker.log(logging.WARNING, "lease_lost", lost.detail, job.id)
+        worker.log(
+            logging.WARNING,
+            "lease_lost",
+            f"{lost.detail}; the error that followed is not counted ({type(exc).__name__}: {exc})",
+            job.id,
+        )
+        return
+    worker.log(logging.ERROR, f"{phase}_error", message, job.id, exc_info=exc)
 
 
 def _interrupted(
