@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from worker.split_record import DataRecord
+    from worker.split_record import DataRecord, reads_images
     from worker.training import resolve_device, train
 
     if args.epochs < 1:
@@ -195,7 +195,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    record = DataRecord(dataset=args.dataset, split_seed=data.split_seed, name=data.name)
+    image = reads_images(args.dataset)  # how the images were read belongs to the model too
+    record = DataRecord(
+        dataset=args.dataset,
+        split_seed=data.split_seed,
+        name=data.name,
+        image_size=args.image_size if image else None,
+        preprocess=args.preprocess if image else None,
+    )
     save_file(state, str(out), metadata=record.to_metadata())
     print(
         f"trained {args.arch} on {data.name}: val accuracy {result.final_val_accuracy:.4f} → {out}"
@@ -230,7 +237,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
     check_split(
-        read_record(args.weights), args.dataset, config.split_seed, strict=args.strict_split
+        read_record(args.weights),
+        args.dataset,
+        config.split_seed,
+        strict=args.strict_split,
+        image_size=config.image_size,
+        preprocess=config.preprocess,
     )
     data = _data(args, config.split_seed, config.image_size, config.preprocess)
     num_classes = args.num_classes or data.num_classes

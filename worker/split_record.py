@@ -6,8 +6,12 @@ validated partly on its own training images. ``rankopt train`` writes a :class:`
 into the ``.safetensors`` metadata (key :data:`RECORD_KEY`, a JSON object), so it travels with
 the weights to ``rankopt compress`` and to REST uploads. :func:`check_split` compares it with
 the split a search will use: a mismatch is logged as a warning, or refused with
-:class:`SplitMismatchError` (code ``split_mismatch``) when strict. Weights without a record
-(PyTorch files, other tools' safetensors) are not checked.
+:class:`SplitMismatchError` (code ``split_mismatch``) when strict. For image sources whose
+reading is a choice (``folder:``, ``cifar10:``) the record also keeps ``image_size`` and
+``preprocess``; a search that would read the images otherwise is warned (the model would be
+judged on inputs unlike those it learnt; a size it cannot take at all is refused later, by the
+input check). Weights without a record (PyTorch files, other tools' safetensors) are not
+checked, and a record without the two fields (older weights) checks the split only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from typing import Any
 
 from worker.errors import WorkerError
 
-__all__ = ["RECORD_KEY", "DataRecord", "SplitMismatchError", "check_split", "read_record"]
+__all__ = [
+    "RECORD_KEY",
+    "DataRecord",
+    "SplitMismatchError",
+    "check_split",
+    "read_record",
+    "reading_mismatch",
+    "reads_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +40,13 @@ logger = logging.getLogger(__name__)
 RECORD_KEY = "rankopt.data"
 
 _FILE_SUFFIXES = (".npz", ".safetensors")
+#: Sources whose images are decoded and resized as ``image_size``/``preprocess`` say.
+_IMAGE_PREFIXES = ("folder:", "cifar10:")
+
+
+def reads_images(source: str) -> bool:
+    """Whether ``source`` is read through ``image_size``/``preprocess`` (folders, CIFAR)."""
+    return source.startswith(_IMAGE_PREFIXES)
 
 
 class SplitMismatchError(WorkerError, ValueError):
@@ -43,6 +62,8 @@ class DataRecord:
     dataset: str
     split_seed: int
     name: str = ""
+    image_size: int | None = None  # how an image source was read (None: not one)
+    preprocess: str | None = None
 
     def to_metadata(self) -> dict[str, str]:
         """The record as safetensors metadata (string values only)."""
@@ -60,7 +81,16 @@ class DataRecord:
             if isinstance(seed, bool) or not isinstance(seed, int):
                 return None
             name = str(data.get("name", ""))
-            return cls(dataset=str(data["dataset"]), split_seed=seed, name=name)
+            size, preprocess = data.get("image_size"), data.get("preprocess")
+            if isinstance(size, bool) or not isinstance(size, int | None):
+                size = None
+            return cls(
+                dataset=str(data["dataset"]),
+                split_seed=seed,
+                name=name,
+                image_size=size,
+                preprocess=preprocess if isinstance(preprocess, str) else None,
+            )
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -105,20 +135,55 @@ def mismatch(record: DataRecord, dataset: str, split_seed: int) -> str | None:
     )
 
 
-def check_split(
-    record: DataRecord | None, dataset: str, split_seed: int, *, strict: bool = False
+def reading_mismatch(
+    record: DataRecord, dataset: str, image_size: int, preprocess: str
 ) -> str | None:
-    """Warn (log) about a mismatch between ``record`` and the search's split, and return it.
+    """Why the search would read ``dataset``'s images otherwise than ``record`` says the model
+    was trained on, or ``None`` (also when either side is no image source or the record
+    predates the fields). The size counts only for ``resize`` (``imagenet`` crops to 224)."""
+    if not reads_images(dataset) or record.preprocess is None or record.image_size is None:
+        return None
+    trained = (record.preprocess, record.image_size if record.preprocess == "resize" else None)
+    searched = (preprocess, image_size if preprocess == "resize" else None)
+    if trained == searched:
+        return None
+
+    def said(how: str, size: int | None) -> str:
+        return f"{how!r}" + (f" at {size} px" if size is not None else "")
+
+    return (
+        f"the weights were trained on images read as {said(*trained)}, and the search would "
+        f"read them as {said(*searched)}: the model would be judged on inputs unlike those it "
+        f"learnt; use --preprocess {record.preprocess} --image-size {record.image_size} (spec "
+        "preprocess, image_size)"
+    )
+
+
+def check_split(
+    record: DataRecord | None,
+    dataset: str,
+    split_seed: int,
+    *,
+    strict: bool = False,
+    image_size: int | None = None,
+    preprocess: str | None = None,
+) -> str | None:
+    """Warn (log) about a mismatch between ``record`` and the search's split, and return it;
+    with ``image_size`` and ``preprocess``, also (a warning only) about reading the images
+    otherwise than the model was trained on.
 
     Raises:
-        SplitMismatchError: ``strict`` and the record disagrees.
+        SplitMismatchError: ``strict`` and the record disagrees on the split.
     """
     if record is None:
         return None
     problem = mismatch(record, dataset, split_seed)
-    if problem is None:
-        return None
-    if strict:
+    if problem is not None and strict:
         raise SplitMismatchError(problem)
-    logger.warning("%s", problem)
-    return problem
+    reading = None
+    if image_size is not None and preprocess is not None:
+        reading = reading_mismatch(record, dataset, image_size, preprocess)
+    found = [p for p in (problem, reading) if p is not None]
+    for message in found:
+        logger.warning("%s", message)
+    return "; ".join(found) or None

@@ -10,6 +10,8 @@ clear error naming ``image_size``.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ from tests.worker.pool_support import make_settings, submit
 from worker.cli import EXIT_USAGE, main
 from worker.data import DataBundle, DataSplits, FolderDataset, InputShapeError, open_dataset
 from worker.search import SearchConfig, SearchContext, open_study, prepare, run_trials
+from worker.split_record import (
+    RECORD_KEY,
+    DataRecord,
+    check_split,
+    read_record,
+    reading_mismatch,
+)
 from worker.zoo import get_model
 
 CLASSES = 3
@@ -210,3 +219,25 @@ def test_the_pool_opens_a_folder_at_the_specs_image_size(
     with pytest.raises(BadInput, match="image_size") as info:
         load_inputs(settings, wrong, parse_spec(wrong.spec))
     assert info.value.code == InputShapeError.code
+
+
+def test_train_records_how_the_images_were_read_and_compress_warns_on_another_reading(
+    folder_root: Path, lenet_weights: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = read_record(lenet_weights)
+    assert record is not None
+    assert (record.image_size, record.preprocess) == (SIDE, "resize")
+    assert check_split(record, "folder:fm", 0, image_size=SIDE, preprocess="resize") is None
+    with caplog.at_level(logging.WARNING, logger="worker.split_record"):
+        problem = check_split(record, "folder:fm", 0, image_size=32, preprocess="resize")
+    assert problem is not None and "'resize' at 28 px" in problem and "'resize' at 32 px" in problem
+    assert "--preprocess resize --image-size 28" in caplog.text
+    # imagenet crops to 224 whatever the size: only the preset is compared
+    imagenet = replace(record, preprocess="imagenet", image_size=64)
+    assert check_split(imagenet, "folder:fm", 0, image_size=128, preprocess="imagenet") is None
+    assert reading_mismatch(imagenet, "folder:fm", 28, "resize") is not None
+    # not an image source, or weights from before the fields: the split only
+    assert reading_mismatch(record, "digits", 32, "imagenet") is None
+    older = DataRecord.from_metadata({RECORD_KEY: '{"dataset": "folder:fm", "split_seed": 0}'})
+    assert older is not None and older.image_size is None
+    assert check_split(older, "folder:fm", 0, image_size=32, preprocess="imagenet") is None

@@ -147,7 +147,13 @@ def load_inputs(settings: Settings, job: JobRecord, spec: JobSpec) -> JobInputs:
     weights = upload_path(settings, job.weights_path, "weights")
     # Weights from ``rankopt train`` record their split: a different one is logged (the CLI's
     # --strict-split refuses it; a job has no such switch yet).
-    check_split(read_record(weights), spec.dataset, spec.split_seed)
+    check_split(
+        read_record(weights),
+        spec.dataset,
+        spec.split_seed,
+        image_size=spec.image_size,
+        preprocess=spec.preprocess,
+    )
     try:
         load_weights(model, read_state_dict(weights))
     except WeightsError as exc:
