@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from service.names import SERVER_DATA_RE
 from worker.errors import WorkerError
 
 __all__ = [
@@ -40,13 +41,12 @@ logger = logging.getLogger(__name__)
 RECORD_KEY = "rankopt.data"
 
 _FILE_SUFFIXES = (".npz", ".safetensors")
-#: Sources whose images are decoded and resized as ``image_size``/``preprocess`` say.
-_IMAGE_PREFIXES = ("folder:", "cifar10:")
 
 
 def reads_images(source: str) -> bool:
-    """Whether ``source`` is read through ``image_size``/``preprocess`` (folders, CIFAR)."""
-    return source.startswith(_IMAGE_PREFIXES)
+    """Whether ``source`` is read through ``image_size``/``preprocess``: the server-side image
+    sources (``folder:``, ``cifar10:``) of :data:`service.names.SERVER_DATA_PATTERN`."""
+    return SERVER_DATA_RE.match(source) is not None
 
 
 class SplitMismatchError(WorkerError, ValueError):

@@ -70,9 +70,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         self._outage_since: float | None = None
         # study id -> {trial id: monotonic time this process first saw it stale}
         self._suspects: dict[int, dict[int, float]] = {}
-        # No new suspects before this monotonic time (set after this process's own outage).
-        self._suspect_from = 0.0
-        self._looked_through_outage = False
+        # No new suspects before this monotonic time; None: this process met an outage, and
+        # the time is set one heartbeat interval after its next look that succeeds.
+        self._suspect_from: float | None = 0.0
         self._reaped: set[int] = set()
 
     # -- outage bookkeeping --------------------------------------------------------------
@@ -179,13 +179,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             if is_database_unavailable(exc):
                 with self._lock:
                     self._suspects.clear()
-                    self._looked_through_outage = True
+                    self._suspect_from = None
             raise
         confirm_after = float(self.grace_period if self.grace_period is not None else 2 * interval)
         now = time.monotonic()
         with self._lock:
-            if self._looked_through_outage:
-                self._looked_through_outage = False
+            if self._suspect_from is None:
                 self._suspect_from = now + interval
             if now < self._suspect_from:
                 return []
